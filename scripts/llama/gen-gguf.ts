@@ -40,6 +40,8 @@ export interface WriteModelOptions {
   size?: ModelSize;
   seed?: number;
   ctx?: number;
+  /** override preset dimensions (e.g. a differently shaped "foreign" model for negative tests) */
+  spec?: Partial<ModelSpec>;
 }
 
 export interface WrittenModel {
@@ -322,7 +324,11 @@ export async function writeModel(opts: WriteModelOptions): Promise<WrittenModel>
   const size = opts.size ?? 'tiny';
   const seed = opts.seed ?? DEFAULT_SEED;
   const ctx = opts.ctx ?? DEFAULT_CTX;
-  const spec = MODEL_PRESETS[size];
+  const spec: ModelSpec = { ...MODEL_PRESETS[size], ...opts.spec };
+  for (const [k, v] of Object.entries(spec)) {
+    if (!Number.isInteger(v) || v < 1) throw new Error(`bad ${k} ${v}`);
+  }
+  if (spec.dim % spec.heads !== 0 || spec.heads % spec.kvHeads !== 0) throw new Error('dim/heads/kvHeads mismatch');
   if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) throw new Error(`bad seed ${seed}`);
   if (!Number.isInteger(ctx) || ctx < 16) throw new Error(`bad ctx ${ctx}`);
   const vocab = buildVocab();
@@ -331,7 +337,7 @@ export async function writeModel(opts: WriteModelOptions): Promise<WrittenModel>
 
   const kv: Array<(h: HeaderWriter) => void> = [
     (h) => h.kvStr('general.architecture', 'llama'),
-    (h) => h.kvStr('general.name', `cwm-random-${size}-s${seed}`),
+    (h) => h.kvStr('general.name', `cwm-random-${size}-s${seed}${opts.spec === undefined ? '' : '-custom'}`),
     (h) => h.kvU32('general.alignment', ALIGNMENT),
     (h) => h.kvU32('general.file_type', FILE_TYPE_MOSTLY_F16),
     (h) => h.kvU32('llama.context_length', ctx),
