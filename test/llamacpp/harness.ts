@@ -5,7 +5,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, openSync, readFileSync, writeSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -169,6 +169,7 @@ export async function startLlamaServer(opts: LlamaServerOptions = {}): Promise<L
   const model = opts.model ?? (await ensureModel());
   const work = await mkdtemp(path.join(os.tmpdir(), 'cwm-llama-'));
   const slotDir = opts.slotDir ?? path.join(work, 'slots');
+  await mkdir(slotDir, { recursive: true }); // llama-server refuses a missing --slot-save-path
   const logFile = path.join(work, 'server.log');
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;

@@ -111,6 +111,9 @@ test('prefill, save, continue warm from the in-memory cache', async () => {
   assert.equal(warm.timings.prompt_n, 1, 'warm continuation evaluates only the last prompt token');
   assert.equal(warm.completion_probabilities.length, STEPS);
   assert.equal(warm.completion_probabilities[0]?.top_logprobs.length, N_PROBS);
+  // generator pitfall: unk/bos/eos/byte tokens have zero output rows and must never win greedy decoding
+  for (const id of warm.tokens ?? []) assert.ok(id >= FIRST_NORMAL_TOKEN, `greedy picked reserved token ${id}`);
+  assert.ok(new Set(warm.tokens).size > 1, 'continuation is not a single repeated token');
 });
 
 test('restore after a server restart continues bit-for-bit like the warm cache', async () => {
@@ -141,14 +144,22 @@ test('greedy tokens equal a cold recompute of the whole prompt', async () => {
     res.body.completion_probabilities.map((p) => p.id),
     warm.completion_probabilities.map((p) => p.id),
   );
+  // Logprobs differ in the low bits (batched vs single-token evaluation), but only slightly.
+  res.body.completion_probabilities.forEach((p, i) => {
+    const w = warm.completion_probabilities[i];
+    assert.ok(w !== undefined && Math.abs(p.logprob - w.logprob) < 0.02, `step ${i}: ${p.logprob} vs ${w?.logprob}`);
+  });
 });
 
 test('bad state files are refused with 400 and the server stays healthy', async () => {
   const good = await readFile(path.join(server.slotDir, SAVED));
   const put = (name: string, data: Buffer): Promise<void> => writeFile(path.join(server.slotDir, name), data);
 
-  // Layout (reference §9): "ggsq", u32 version, u32 n_packed, packed i32 [-1, 1, n_tokens, tokens…, n_media], KV…
-  assert.equal(good.subarray(0, 4).toString('latin1'), 'ggsq');
+  // Layout (reference §9): u32 magic 'ggsq' (bytes "qsgg"), u32 version 3, u32 n_packed = n_tokens + 4,
+  // packed i32 [-1, 1, n_tokens, tokens…, n_media], then the KV data.
+  assert.equal(good.readUInt32LE(0), 0x67677371);
+  assert.equal(good.readUInt32LE(4), 3);
+  assert.equal(good.readUInt32LE(8), nSaved + 4);
   assert.equal(good.readInt32LE(20), nSaved);
 
   const garbage = Buffer.alloc(good.length);
@@ -199,6 +210,31 @@ test('bad state files are refused with 400 and the server stays healthy', async 
   const res = await completion(prompt, STEPS);
   assert.equal(res.status, 200);
   assert.deepEqual(res.body.completion_probabilities, warm.completion_probabilities);
+});
+
+test('out-of-range slot ids wrap around instead of failing (a daemon must check /props total_slots)', async () => {
+  const props = await getJson<{ total_slots: number }>(`${server.url}/props`);
+  assert.equal(props.body.total_slots, 2);
+  const r = await slotAction('restore', SAVED, 3); // 3 % 2 = slot 1
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  assert.equal(r.body.n_restored, nSaved);
+  const res = await completion(prompt, STEPS, { id_slot: 1 });
+  assert.equal(res.body.timings.prompt_n, 1, 'slot 1 got the restored prefix');
+  assert.deepEqual(res.body.completion_probabilities, warm.completion_probabilities);
+});
+
+test('/v1/chat/completions and /tokenize work with the embedded chat template', async () => {
+  const chat = await postJson<{ choices: Array<{ message: { content: string } }>; usage: { prompt_tokens: number } }>(
+    `${server.url}/v1/chat/completions`,
+    { messages: [{ role: 'user', content: 'hello world, how are you?' }], max_tokens: 8, temperature: 0 },
+  );
+  assert.equal(chat.status, 200, JSON.stringify(chat.body));
+  assert.ok((chat.body.choices[0]?.message.content.length ?? 0) > 0);
+  // BOS + "<|user|>\nhello world, how are you?\n<|assistant|>\n"
+  assert.ok(chat.body.usage.prompt_tokens > 10);
+  const tok = await postJson<{ tokens: number[] }>(`${server.url}/tokenize`, { content: 'hello world' });
+  assert.equal(tok.status, 200);
+  assert.equal(tok.body.tokens.length, 2, 'whole words are single tokens in the generated vocab');
 });
 
 /** A state file saved by a server running a differently shaped model (2 layers instead of 4). */
