@@ -1,0 +1,36 @@
+#!/usr/bin/env node
+import { Command, CommanderError } from 'commander';
+import { VERSION } from '../../daemon/version.js';
+import { registerDaemon, statusAction } from './commands/daemon.js';
+import { registerDoctor } from './commands/doctor.js';
+import { registerOps } from './commands/ops.js';
+import { registerSessions } from './commands/sessions.js';
+import { registerWindows } from './commands/windows.js';
+
+const program = new Command('cwm')
+  .description('cwm: freeze, thaw, clone and search LLM context windows with their KV cache kept alive')
+  .version(VERSION)
+  .option('--socket <path>', 'daemon socket (CWM_SOCKET)')
+  .option('--json', 'machine-readable output on stdout')
+  .showHelpAfterError()
+  .exitOverride();
+
+registerDaemon(program);
+program
+  .command('status')
+  .description('daemon status: version, uptime, counts, engine, gateway')
+  .action(async (_o: unknown, cmd: Command) => statusAction(cmd));
+registerSessions(program);
+registerWindows(program);
+registerOps(program);
+registerDoctor(program);
+
+try {
+  await program.parseAsync();
+} catch (err) {
+  if (err instanceof CommanderError) {
+    // help and version exit 0; usage errors exit 2 (commander already printed the message)
+    process.exit(err.exitCode === 0 ? 0 : 2);
+  }
+  throw err;
+}

@@ -1,0 +1,195 @@
+import { errors, Pool } from 'undici';
+import { CwmError } from '../protocol/index.js';
+
+export interface HttpOptions {
+  timeoutMs: number;
+  retries: number;
+  apiKey?: string | null;
+  /** Consecutive failures after which calls fail fast for cooldownMs (circuit breaker). */
+  breakerThreshold?: number;
+  breakerCooldownMs?: number;
+  connections?: number;
+  label: string;
+}
+
+export interface JsonResponse<T = unknown> {
+  status: number;
+  body: T;
+  ms: number;
+}
+
+const RETRYABLE_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'UND_ERR_SOCKET',
+  'UND_ERR_CLOSED',
+  'UND_ERR_CONNECT_TIMEOUT',
+]);
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Exponential backoff with full jitter: a herd of clients never retries in lock-step. */
+export function backoffMs(attempt: number, baseMs = 100, capMs = 5000): number {
+  return Math.random() * Math.min(capMs, baseMs * 2 ** attempt);
+}
+
+/**
+ * JSON over HTTP to one engine origin: keep-alive pool, timeouts, retries with backoff on connection errors and 503,
+ * and a circuit breaker so a dead engine is not hammered. Every failure becomes a CwmError naming the engine.
+ */
+export class EngineHttp {
+  readonly pool: Pool;
+  private failures = 0;
+  private openUntil = 0;
+
+  constructor(
+    readonly origin: string,
+    private readonly opts: HttpOptions,
+  ) {
+    this.pool = new Pool(origin, {
+      connections: opts.connections ?? 16,
+      keepAliveTimeout: 10_000,
+      headersTimeout: opts.timeoutMs,
+      bodyTimeout: opts.timeoutMs,
+      connectTimeout: Math.min(10_000, opts.timeoutMs),
+    });
+  }
+
+  get breakerOpen(): boolean {
+    return Date.now() < this.openUntil;
+  }
+
+  headers(extra: Record<string, string> = {}): Record<string, string> {
+    const h: Record<string, string> = { 'content-type': 'application/json', ...extra };
+    if (this.opts.apiKey) h.authorization = `Bearer ${this.opts.apiKey}`;
+    return h;
+  }
+
+  async json<T = unknown>(
+    method: 'GET' | 'POST' | 'DELETE',
+    path: string,
+    body?: unknown,
+    opts: { retry?: boolean; timeoutMs?: number; acceptStatus?: (s: number) => boolean } = {},
+  ): Promise<JsonResponse<T>> {
+    if (this.breakerOpen) {
+      throw new CwmError(
+        'ENGINE_UNAVAILABLE',
+        `${this.opts.label} at ${this.origin} is failing; not retrying for now`,
+        {
+          hint: `the last ${this.failures} calls failed; check that it is running (\`cwm doctor\`)`,
+          details: { retryAfterMs: this.openUntil - Date.now() },
+        },
+      );
+    }
+    const retries = opts.retry === false ? 0 : this.opts.retries;
+    const accept = opts.acceptStatus ?? ((s: number) => s < 400);
+    let lastErr: CwmError | null = null;
+    for (let attempt = 0; attempt <= retries; attempt++) {
+      if (attempt > 0) await sleep(backoffMs(attempt - 1));
+      const t0 = performance.now();
+      try {
+        const timeout = opts.timeoutMs ?? this.opts.timeoutMs;
+        const res = await this.pool.request({
+          method,
+          path,
+          headers: this.headers(),
+          body: body === undefined ? null : JSON.stringify(body),
+          headersTimeout: timeout,
+          bodyTimeout: timeout,
+        });
+        const text = await res.body.text();
+        const ms = performance.now() - t0;
+        let parsed: unknown = text;
+        if (text !== '') {
+          try {
+            parsed = JSON.parse(text);
+          } catch {
+            parsed = text;
+          }
+        }
+        if (res.statusCode === 503 || res.statusCode === 502 || res.statusCode === 504) {
+          lastErr = new CwmError(
+            'ENGINE_UNAVAILABLE',
+            `${this.opts.label} answered ${res.statusCode} on ${path}: ${errorText(parsed)}`,
+            {
+              hint: 'the engine is overloaded or starting; retry shortly',
+            },
+          );
+          this.noteFailure();
+          continue;
+        }
+        this.failures = 0;
+        if (!accept(res.statusCode)) {
+          const code = res.statusCode >= 500 ? 'ENGINE_ERROR' : 'ENGINE_REJECTED';
+          throw new CwmError(code, `${this.opts.label} answered ${res.statusCode} on ${path}: ${errorText(parsed)}`, {
+            hint:
+              res.statusCode >= 500 ? 'see the engine log' : 'the engine refused the request; check model and limits',
+            details: { status: res.statusCode },
+          });
+        }
+        return { status: res.statusCode, body: parsed as T, ms };
+      } catch (err) {
+        if (err instanceof CwmError) throw err;
+        const e = err as Error & { code?: string };
+        if (e instanceof errors.HeadersTimeoutError || e instanceof errors.BodyTimeoutError) {
+          this.noteFailure();
+          // A timed-out POST may have been processed; retrying is safe only for reads.
+          lastErr = new CwmError(
+            'ENGINE_TIMEOUT',
+            `${this.opts.label} did not answer ${path} within ${opts.timeoutMs ?? this.opts.timeoutMs} ms`,
+            {
+              hint: 'the engine is slow or stuck; raise engine.timeoutMs or check its load',
+            },
+          );
+          if (method !== 'GET') throw lastErr;
+          continue;
+        }
+        if (e.code && RETRYABLE_CODES.has(e.code)) {
+          this.noteFailure();
+          lastErr = new CwmError(
+            'ENGINE_UNAVAILABLE',
+            `cannot reach ${this.opts.label} at ${this.origin} (${e.code})`,
+            {
+              hint: `is it running? check engine.url / CWM_ENGINE_URL; \`cwm doctor\` tests the connection`,
+            },
+          );
+          continue;
+        }
+        this.noteFailure();
+        throw new CwmError('ENGINE_ERROR', `${this.opts.label} request ${path} failed: ${e.message}`, {
+          hint: 'see the daemon log',
+          cause: err,
+        });
+      }
+    }
+    throw lastErr ?? new CwmError('ENGINE_UNAVAILABLE', `${this.opts.label} unavailable`);
+  }
+
+  private noteFailure(): void {
+    this.failures++;
+    const threshold = this.opts.breakerThreshold ?? 8;
+    if (this.failures >= threshold) this.openUntil = Date.now() + (this.opts.breakerCooldownMs ?? 5000);
+  }
+
+  async close(): Promise<void> {
+    await this.pool.close();
+  }
+}
+
+function errorText(body: unknown): string {
+  if (typeof body === 'string') return body.slice(0, 300) || '(empty body)';
+  if (typeof body === 'object' && body !== null) {
+    const b = body as { error?: unknown; message?: unknown; detail?: unknown };
+    if (typeof b.error === 'object' && b.error !== null && 'message' in b.error)
+      return String((b.error as { message: unknown }).message);
+    if (typeof b.error === 'string') return b.error;
+    if (typeof b.message === 'string') return b.message;
+    if (typeof b.detail === 'string') return b.detail;
+  }
+  return JSON.stringify(body).slice(0, 300);
+}

@@ -1,0 +1,92 @@
+import { EngineHttp } from '../http.js';
+
+export interface LookupResult {
+  /** Longest matched prefix in tokens, over all instances. */
+  matched: number;
+  /** Matched tokens per location (LocalCPUBackend, LocalDiskBackend, …). */
+  byTier: Record<string, number>;
+  location: string | null;
+}
+
+/**
+ * LMCache controller API (lmcache/v1/api_server). `cache_salt` in the body follows LMCache MP mode, where the salt
+ * is part of the object key (LMCache PR #3042); see docs/ARCHITECTURE.md.
+ */
+export class LmcacheController {
+  readonly http: EngineHttp;
+
+  constructor(
+    url: string,
+    private readonly instanceId: string,
+    timeoutMs: number,
+    retries: number,
+  ) {
+    this.http = new EngineHttp(url, { timeoutMs, retries, label: 'LMCache controller', connections: 4 });
+  }
+
+  async lookup(tokens: number[], salt: string): Promise<LookupResult> {
+    const r = await this.http.json<{ layout_info?: Record<string, [string, number]> }>('POST', '/lookup', {
+      tokens,
+      cache_salt: salt,
+    });
+    const byTier: Record<string, number> = {};
+    let matched = 0;
+    let location: string | null = null;
+    for (const entry of Object.values(r.body.layout_info ?? {})) {
+      const [loc, n] = entry;
+      byTier[loc] = Math.max(byTier[loc] ?? 0, n);
+      if (n > matched) {
+        matched = n;
+        location = loc;
+      }
+    }
+    return { matched, byTier, location };
+  }
+
+  async pin(tokens: number[], salt: string, location: string): Promise<number> {
+    const r = await this.http.json<{ num_tokens?: number }>('POST', '/pin', {
+      instance_id: this.instanceId,
+      location,
+      tokens,
+      cache_salt: salt,
+    });
+    return r.body.num_tokens ?? 0;
+  }
+
+  async unpin(tokens: number[], salt: string, location: string): Promise<number> {
+    const r = await this.http.json<{ num_tokens?: number }>('POST', '/unpin', {
+      instance_id: this.instanceId,
+      location,
+      tokens,
+      cache_salt: salt,
+    });
+    return r.body.num_tokens ?? 0;
+  }
+
+  /** Clear the chunks of this token prefix that are not pinned by anyone else. */
+  async clear(tokens: number[], salt: string, location: string): Promise<number> {
+    const r = await this.http.json<{ num_tokens?: number }>('POST', '/clear', {
+      instance_id: this.instanceId,
+      location,
+      tokens,
+      cache_salt: salt,
+    });
+    return r.body.num_tokens ?? 0;
+  }
+
+  async health(): Promise<{ ok: boolean; ms: number; message: string }> {
+    const r = await this.http.json<{ error_codes?: Record<string, number>; error_code?: number }>(
+      'POST',
+      '/health',
+      { instance_id: this.instanceId },
+      { retry: false, timeoutMs: 3000 },
+    );
+    const codes = r.body.error_codes ? Object.values(r.body.error_codes) : [r.body.error_code ?? 0];
+    const bad = codes.filter((c) => c !== 0).length;
+    return { ok: bad === 0, ms: r.ms, message: bad === 0 ? 'workers healthy' : `${bad} worker(s) report errors` };
+  }
+
+  close(): Promise<void> {
+    return this.http.close();
+  }
+}

@@ -1,0 +1,23 @@
+import type { Handlers } from '../server/rpc-server.js';
+import type { ServiceContext } from '../services/context.js';
+import { type SessionService, toSessionInfo } from '../services/sessions.js';
+
+export function sessionMethods(ctx: ServiceContext, sessions: SessionService): Handlers {
+  return {
+    'session.record': async (p) => toSessionInfo(await sessions.record(p)),
+    'session.list': async (p) =>
+      sessions.list({ state: p?.state, model: p?.model, limit: p?.limit ?? 100, offset: p?.offset ?? 0 }),
+    'session.get': async (p) => {
+      const s = await sessions.get(p.session);
+      const info = toSessionInfo(s);
+      if (!p.messages) return info;
+      const data = (await ctx.reg.getSessionData(s.id)) ?? {};
+      return {
+        ...info,
+        ...(data.messages ? { messages: data.messages } : {}),
+        ...(data.prompt !== undefined ? { prompt: data.prompt } : {}),
+      };
+    },
+    'session.end': async (p) => toSessionInfo(await sessions.end(p.session)),
+  };
+}

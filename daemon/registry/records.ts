@@ -1,0 +1,66 @@
+import type { ChatMessage, Fingerprint, Residency, SessionState, Usage } from '../protocol/index.js';
+
+/** What the registry stores for a session (the salt itself is never stored: it is derived from lineageRoot). */
+export interface SessionRecord {
+  id: string;
+  model: string;
+  state: SessionState;
+  kind: 'chat' | 'completion';
+  tokens: number;
+  maxModelLen: number | null;
+  turns: number;
+  createdAt: string;
+  updatedAt: string;
+  lastUsedAt: string;
+  sourceWindow: string | null;
+  lastWindow: string | null;
+  lastUsage: Usage | null;
+  lineageRoot: string;
+  slot: number | null;
+  /** Token count at the last automatic freeze, so each threshold crossing freezes once. */
+  autoFrozenAtTokens: number | null;
+  autoFrozenAt: string | null;
+}
+
+/** The exact conversation of a session, kept apart from the record so listing stays cheap. */
+export interface SessionData {
+  messages?: ChatMessage[];
+  prompt?: string | number[];
+  completion?: string;
+  /** Exact token ids when a backend (or the gateway) knows them; otherwise freeze tokenizes the messages. */
+  tokenIds?: number[];
+}
+
+export interface StateFileRecord {
+  file: string;
+  size: number;
+  sha256: string;
+}
+
+export interface WindowRecord {
+  name: string;
+  id: string;
+  session: string;
+  model: string;
+  fingerprint: Fingerprint;
+  tokens: number;
+  chunkHashes: string[];
+  bytesStored: number;
+  description: string;
+  tags: string[];
+  parent: string | null;
+  /** Set when the parent was deleted without cascade: the lineage edge is kept, marked. */
+  parentDeleted?: boolean;
+  lineageRoot: string;
+  createdAt: string;
+  pinned: boolean;
+  residency: Residency;
+  residencyCheckedAt: string | null;
+  kind: 'chat' | 'completion';
+  stateFile: StateFileRecord | null;
+}
+
+export interface WindowData {
+  messages?: ChatMessage[];
+  prompt?: string | number[];
+}

@@ -1,0 +1,683 @@
+import { randomBytes } from 'node:crypto';
+import type { KvThawResult } from '../backends/types.js';
+import type { WindowInfo } from '../protocol/index.js';
+import { CwmError } from '../protocol/index.js';
+import { decodeTokens, encodeTokens, splitIntoChunks } from '../registry/codec.js';
+import type { BatchOp, IterOpts } from '../registry/db.js';
+import type { SessionData, SessionRecord, WindowData, WindowRecord } from '../registry/records.js';
+import type { AuditActor } from './audit.js';
+import { nowIso, type ServiceContext, saltFor } from './context.js';
+import { createdKey, indexOps, modelPrefix, nameFromIndexKey } from './indexes.js';
+import { newSessionRecord, type SessionService } from './sessions.js';
+
+interface ChunkRef {
+  n: number;
+  bytes: number;
+  tokens: number;
+}
+
+function bump(deltas: Map<string, number>, key: string, d: number): void {
+  deltas.set(key, (deltas.get(key) ?? 0) + d);
+}
+
+export function toWindowInfo(w: WindowRecord): WindowInfo {
+  return {
+    name: w.name,
+    id: w.id,
+    session: w.session,
+    model: w.model,
+    fingerprint: w.fingerprint,
+    tokens: w.tokens,
+    chunks: w.chunkHashes.length,
+    bytesStored: w.bytesStored,
+    description: w.description,
+    tags: w.tags,
+    parent: w.parent,
+    createdAt: w.createdAt,
+    pinned: w.pinned,
+    residency: w.residency,
+    residencyCheckedAt: w.residencyCheckedAt,
+    kind: w.kind,
+    stateFile: w.stateFile ? { size: w.stateFile.size, sha256: w.stateFile.sha256 } : null,
+  };
+}
+
+export function windowNotFound(name: string): CwmError {
+  return new CwmError('WINDOW_NOT_FOUND', `no window "${name}"`, { hint: 'list windows with `cwm windows`' });
+}
+
+function windowExists(name: string): CwmError {
+  return new CwmError('WINDOW_EXISTS', `a window named "${name}" already exists`, {
+    hint: 'choose another name, or delete the old window first (`cwm delete`)',
+  });
+}
+
+/** A default id for a thawed session: readable, unique, and always within the 64-character session rule. */
+export function defaultThawSessionId(window: string): string {
+  const suffix = `${Date.now().toString(36)}${randomBytes(3).toString('hex')}`;
+  return `${window.slice(0, 64 - suffix.length - 1)}-${suffix}`;
+}
+
+export interface FreezeInput {
+  session: string;
+  name: string;
+  description?: string | undefined;
+  tags?: string[] | undefined;
+  prefill: boolean;
+}
+
+export class WindowService {
+  constructor(
+    private readonly ctx: ServiceContext,
+    private readonly sessions: SessionService,
+  ) {}
+
+  async get(name: string): Promise<WindowRecord> {
+    const w = await this.ctx.reg.getWindow(name);
+    if (!w) throw windowNotFound(name);
+    return w;
+  }
+
+  async tokensOf(w: WindowRecord): Promise<number[]> {
+    const bufs = (await this.ctx.reg.chunks.getMany(w.chunkHashes)) as (Buffer | undefined)[];
+    const out: number[] = [];
+    for (let i = 0; i < bufs.length; i++) {
+      const b = bufs[i];
+      if (!b) {
+        throw new CwmError('REGISTRY_CORRUPT', `window "${w.name}" is missing chunk ${i} (${w.chunkHashes[i]})`, {
+          hint: 'run `cwm doctor --registry` to check the registry',
+        });
+      }
+      for (const id of decodeTokens(b)) out.push(id);
+    }
+    return out;
+  }
+
+  private async contextTokens(s: SessionRecord, data: SessionData): Promise<number[]> {
+    if (data.tokenIds && data.tokenIds.length > 0) return data.tokenIds;
+    return this.sessions.tokenize(s.model, data);
+  }
+
+  async freeze(input: FreezeInput, actor: AuditActor = 'rpc', extraTags: string[] = []) {
+    const t0 = performance.now();
+    const session = await this.sessions.get(input.session);
+    if (await this.ctx.reg.getWindow(input.name)) throw windowExists(input.name);
+    const data = (await this.ctx.reg.getSessionData(session.id)) ?? {};
+    const tTok = performance.now();
+    const tokens = await this.contextTokens(session, data);
+    let engineMs = data.tokenIds ? 0 : performance.now() - tTok;
+    if (tokens.length === 0) {
+      throw new CwmError('INVALID_STATE', `session "${session.id}" has no context to freeze`, {
+        hint: 'record at least one turn first',
+      });
+    }
+    const id = randomBytes(12).toString('base64url');
+    const salt = saltFor(this.ctx, session.lineageRoot);
+    const warnings: string[] = [];
+    let kv: Awaited<ReturnType<typeof this.ctx.backend.freezeKv>>;
+    try {
+      kv = await this.ctx.backend.freezeKv({
+        session,
+        windowId: id,
+        windowName: input.name,
+        model: session.model,
+        tokens,
+        salt,
+        prefill: input.prefill,
+      });
+    } catch (err) {
+      if (!(err instanceof CwmError) || !err.retryable) throw err;
+      // The exact tokens are what matter most: keep them even when the engine cannot pin the KV right now.
+      this.ctx.metrics.engineErrors.inc({ code: err.code });
+      kv = {
+        pinned: false,
+        cached: false,
+        residency: 'unknown',
+        stateFile: null,
+        engineMs: 0,
+        warnings: [
+          `the engine is unavailable (${err.message}): the exact tokens were frozen, the KV cache was not pinned`,
+        ],
+      };
+    }
+    engineMs += kv.engineMs;
+    warnings.push(...kv.warnings);
+    const fingerprint = {
+      model: session.model,
+      maxModelLen: session.maxModelLen,
+      engineKind: this.ctx.backend.kind,
+      engineVersion: await this.ctx.backend.version().catch(() => null),
+    };
+    const split = splitIntoChunks(tokens);
+    const tags = [...new Set([...(input.tags ?? []), ...extraTags])].sort();
+    return this.ctx.reg.mutex.run(async () => {
+      if (await this.ctx.reg.getWindow(input.name)) throw windowExists(input.name);
+      const reg = this.ctx.reg;
+      const ops: BatchOp[] = [];
+      const deltas = new Map<string, number>();
+      const existing = (await reg.refs.getMany(split.map((c) => c.hash))) as (ChunkRef | undefined)[];
+      let bytesStored = 0;
+      let newChunks = 0;
+      const seen = new Map<string, ChunkRef>();
+      split.forEach((c, i) => {
+        const prev = seen.get(c.hash) ?? existing[i];
+        let ref: ChunkRef;
+        if (prev) {
+          ref = { ...prev, n: prev.n + 1 };
+        } else {
+          const buf = encodeTokens(c.ids);
+          ops.push({ type: 'put', sublevel: reg.chunks, key: c.hash, value: buf });
+          ref = { n: 1, bytes: buf.length, tokens: c.ids.length };
+          newChunks++;
+          bump(deltas, 'chunks', 1);
+          bump(deltas, 'bytes', buf.length);
+          bump(deltas, 'tokens', c.ids.length);
+        }
+        seen.set(c.hash, ref);
+        bytesStored += ref.bytes;
+      });
+      for (const [hash, ref] of seen) ops.push({ type: 'put', sublevel: reg.refs, key: hash, value: ref });
+      const now = nowIso();
+      const w: WindowRecord = {
+        name: input.name,
+        id,
+        session: session.id,
+        model: session.model,
+        fingerprint,
+        tokens: tokens.length,
+        chunkHashes: split.map((c) => c.hash),
+        bytesStored,
+        description: input.description ?? '',
+        tags,
+        parent: null,
+        lineageRoot: session.lineageRoot,
+        createdAt: now,
+        pinned: kv.pinned,
+        residency: kv.residency,
+        residencyCheckedAt: now,
+        kind: session.kind,
+        stateFile: kv.stateFile,
+      };
+      ops.push({ type: 'put', sublevel: reg.windows, key: w.name, value: w });
+      const wdata: WindowData = session.kind === 'chat' ? { messages: data.messages ?? [] } : {};
+      if (session.kind === 'completion' && data.prompt !== undefined) {
+        wdata.prompt = typeof data.prompt === 'string' ? data.prompt + (data.completion ?? '') : tokens;
+      }
+      ops.push({ type: 'put', sublevel: reg.windowData, key: w.name, value: wdata });
+      if (w.stateFile) bump(deltas, `sf!${w.stateFile.file}`, 1);
+      indexOps(reg, w, 1, ops, deltas);
+      const current = (await reg.getSession(session.id)) ?? session;
+      current.state = 'frozen';
+      current.lastWindow = w.name;
+      current.updatedAt = now;
+      if (actor === 'monitor') {
+        current.autoFrozenAtTokens = tokens.length;
+        current.autoFrozenAt = now;
+      }
+      ops.push({ type: 'put', sublevel: reg.sessions, key: current.id, value: current });
+      ops.push(
+        this.ctx.audit.op({
+          action: 'window.freeze',
+          actor,
+          target: w.name,
+          details: { session: session.id, tokens: tokens.length, pinned: kv.pinned, newChunks },
+        }),
+      );
+      const next = await reg.countOps(deltas, ops);
+      await reg.batch(ops);
+      reg.commitCounts(next);
+      this.ctx.metrics.operations.inc({ op: 'freeze', outcome: 'ok' });
+      return {
+        window: w,
+        result: {
+          name: w.name,
+          session: session.id,
+          tokens: tokens.length,
+          chunks: split.length,
+          newChunks,
+          bytesStored,
+          pinned: kv.pinned,
+          cached: kv.cached,
+          durationMs: performance.now() - t0,
+          engineMs,
+          warnings,
+        },
+      };
+    });
+  }
+
+  /** The model check before a thaw: another model is refused; another max_model_len is fine if the context fits. */
+  private async checkModel(w: WindowRecord, warnings: string[]): Promise<number | null> {
+    const models = await this.ctx.backend.models();
+    const m = models.find((x) => x.id === w.model);
+    if (!m) {
+      throw new CwmError(
+        'MODEL_MISMATCH',
+        `window "${w.name}" was frozen on model "${w.model}", which the engine does not serve`,
+        {
+          hint: `the engine serves: ${models.map((x) => x.id).join(', ') || '(none)'}; start it with that model to thaw`,
+        },
+      );
+    }
+    if (m.maxModelLen !== null && w.fingerprint.maxModelLen !== null && m.maxModelLen !== w.fingerprint.maxModelLen) {
+      if (m.maxModelLen < w.tokens) {
+        throw new CwmError(
+          'MODEL_MISMATCH',
+          `the engine's max_model_len (${m.maxModelLen}) is below this window's ${w.tokens} tokens`,
+          {
+            hint: 'restart the engine with a larger --max-model-len',
+          },
+        );
+      }
+      warnings.push(
+        `max_model_len changed from ${w.fingerprint.maxModelLen} to ${m.maxModelLen}; the context still fits`,
+      );
+    }
+    return m.maxModelLen;
+  }
+
+  async thaw(input: { name: string; newSession?: string | undefined; warm: boolean }, actor: AuditActor = 'rpc') {
+    const t0 = performance.now();
+    const w = await this.get(input.name);
+    const warnings: string[] = [];
+    const maxModelLen = await this.checkModel(w, warnings);
+    const sessionId = input.newSession ?? defaultThawSessionId(w.name);
+    if (await this.ctx.reg.getSession(sessionId)) {
+      throw new CwmError('SESSION_EXISTS', `session "${sessionId}" already exists`, {
+        hint: 'pick another --session id, or omit it to get a fresh one',
+      });
+    }
+    const tokens = await this.tokensOf(w);
+    const session = newSessionRecord(sessionId, w.model, w.kind);
+    session.state = 'thawed';
+    session.lineageRoot = w.lineageRoot;
+    session.sourceWindow = w.name;
+    session.tokens = tokens.length;
+    session.maxModelLen = maxModelLen;
+    let kv: KvThawResult;
+    try {
+      kv = await this.ctx.backend.thawKv({
+        window: w,
+        session,
+        tokens,
+        salt: saltFor(this.ctx, w.lineageRoot),
+        warm: input.warm,
+      });
+    } catch (err) {
+      this.ctx.metrics.operations.inc({ op: 'thaw', outcome: 'error' });
+      if (err instanceof CwmError) this.ctx.metrics.engineErrors.inc({ code: err.code });
+      throw err;
+    }
+    warnings.push(...kv.warnings);
+    session.slot = kv.slot;
+    const wdata = (await this.ctx.reg.getWindowData(w.name)) ?? {};
+    return this.ctx.reg.mutex.run(async () => {
+      const reg = this.ctx.reg;
+      if (await reg.getSession(sessionId)) {
+        throw new CwmError('SESSION_EXISTS', `session "${sessionId}" already exists`, {
+          hint: 'pick another --session id',
+        });
+      }
+      const current = await reg.getWindow(w.name);
+      const ops: BatchOp[] = [];
+      const data: SessionData = { tokenIds: tokens };
+      if (wdata.messages) data.messages = wdata.messages;
+      if (wdata.prompt !== undefined) data.prompt = wdata.prompt;
+      ops.push({ type: 'put', sublevel: reg.sessions, key: session.id, value: session });
+      ops.push({ type: 'put', sublevel: reg.sessionData, key: session.id, value: data });
+      if (current && kv.warmed) {
+        current.residency = kv.residency;
+        current.residencyCheckedAt = nowIso();
+        ops.push({ type: 'put', sublevel: reg.windows, key: current.name, value: current });
+      }
+      ops.push(
+        this.ctx.audit.op({
+          action: 'window.thaw',
+          actor,
+          target: w.name,
+          details: { session: session.id, cachedTokens: kv.cachedTokens, recomputedTokens: kv.recomputedTokens },
+        }),
+      );
+      const next = await reg.countOps(new Map([['sessions', 1]]), ops);
+      await reg.batch(ops);
+      reg.commitCounts(next);
+      this.ctx.metrics.operations.inc({ op: 'thaw', outcome: 'ok' });
+      this.ctx.metrics.thawTokens.inc({ source: 'cache' }, kv.cachedTokens);
+      this.ctx.metrics.thawTokens.inc({ source: 'recomputed' }, kv.recomputedTokens);
+      const maxC = kv.maxCacheableTokens;
+      return {
+        name: w.name,
+        session: session.id,
+        tokens: tokens.length,
+        warmed: kv.warmed,
+        cachedTokens: kv.cachedTokens,
+        recomputedTokens: kv.recomputedTokens,
+        maxCacheableTokens: maxC,
+        efficiency: kv.warmed ? (maxC > 0 ? Math.min(1, kv.cachedTokens / maxC) : 1) : 0,
+        ttftMs: kv.ttftMs,
+        engineMs: kv.engineMs,
+        durationMs: performance.now() - t0,
+        residency: kv.residency,
+        residencyByTier: kv.residencyByTier,
+        warnings,
+      };
+    });
+  }
+
+  async clone(input: { name: string; newName: string; description?: string | undefined; tags?: string[] | undefined }) {
+    const result = await this.ctx.reg.mutex.run(async () => {
+      const reg = this.ctx.reg;
+      const src = await this.get(input.name);
+      if (await reg.getWindow(input.newName)) throw windowExists(input.newName);
+      const ops: BatchOp[] = [];
+      const deltas = new Map<string, number>();
+      const refs = (await reg.refs.getMany(src.chunkHashes)) as (ChunkRef | undefined)[];
+      const bumped = new Map<string, ChunkRef>();
+      src.chunkHashes.forEach((h, i) => {
+        const prev = bumped.get(h) ?? refs[i];
+        if (!prev)
+          throw new CwmError('REGISTRY_CORRUPT', `chunk ${h} of "${src.name}" has no refcount`, {
+            hint: 'run `cwm doctor --registry --repair`',
+          });
+        bumped.set(h, { ...prev, n: prev.n + 1 });
+      });
+      for (const [h, ref] of bumped) ops.push({ type: 'put', sublevel: reg.refs, key: h, value: ref });
+      const now = nowIso();
+      const w: WindowRecord = {
+        ...src,
+        name: input.newName,
+        id: randomBytes(12).toString('base64url'),
+        description: input.description ?? `Clone of ${src.name}`,
+        tags: input.tags ? [...new Set(input.tags)].sort() : src.tags,
+        parent: src.name,
+        createdAt: now,
+      };
+      delete w.parentDeleted;
+      ops.push({ type: 'put', sublevel: reg.windows, key: w.name, value: w });
+      const wdata = (await reg.getWindowData(src.name)) ?? {};
+      ops.push({ type: 'put', sublevel: reg.windowData, key: w.name, value: wdata });
+      if (w.stateFile) bump(deltas, `sf!${w.stateFile.file}`, 1);
+      indexOps(reg, w, 1, ops, deltas);
+      ops.push(
+        this.ctx.audit.op({ action: 'window.clone', actor: 'rpc', target: w.name, details: { parent: src.name } }),
+      );
+      const next = await reg.countOps(deltas, ops);
+      await reg.batch(ops);
+      reg.commitCounts(next);
+      return w;
+    });
+    // Take the clone's own reference on the shared KV so deleting the parent leaves it cached.
+    if (result.pinned) {
+      const tokens = await this.tokensOf(result);
+      const r = await this.ctx.backend.retainKv({
+        window: result,
+        tokens,
+        salt: saltFor(this.ctx, result.lineageRoot),
+      });
+      if (!r.pinned && result.pinned) {
+        await this.ctx.reg.mutex.run(async () => {
+          const cur = await this.ctx.reg.getWindow(result.name);
+          if (cur) {
+            cur.pinned = false;
+            await this.ctx.reg.batch([{ type: 'put', sublevel: this.ctx.reg.windows, key: cur.name, value: cur }]);
+          }
+        });
+        result.pinned = false;
+      }
+    }
+    this.ctx.metrics.operations.inc({ op: 'clone', outcome: 'ok' });
+    return result;
+  }
+
+  private async childrenOf(name: string): Promise<string[]> {
+    const out: string[] = [];
+    const prefix = `p!${name}!`;
+    for await (const key of this.ctx.reg.idx.keys({ gte: prefix, lt: `${prefix}\xff` }))
+      out.push(nameFromIndexKey(key));
+    return out;
+  }
+
+  private async lineageMembers(root: string): Promise<string[]> {
+    const out: string[] = [];
+    const prefix = `L!${root}!`;
+    for await (const key of this.ctx.reg.idx.keys({ gte: prefix, lt: `${prefix}\xff` }))
+      out.push(nameFromIndexKey(key));
+    return out;
+  }
+
+  async delete(input: { name: string; cascade: boolean }, actor: AuditActor = 'rpc') {
+    const released: { w: WindowRecord; tokens: number[]; keepTokens: number; lastReference: boolean }[] = [];
+    const res = await this.ctx.reg.mutex.run(async () => {
+      const reg = this.ctx.reg;
+      const root = await this.get(input.name);
+      const doomed: WindowRecord[] = [root];
+      if (input.cascade) {
+        const queue = [root.name];
+        while (queue.length > 0) {
+          for (const child of await this.childrenOf(queue.shift() as string)) {
+            const cw = await reg.getWindow(child);
+            if (cw && !doomed.some((d) => d.name === cw.name)) {
+              doomed.push(cw);
+              queue.push(cw.name);
+            }
+          }
+        }
+      }
+      const doomedNames = new Set(doomed.map((d) => d.name));
+      const ops: BatchOp[] = [];
+      const deltas = new Map<string, number>();
+      const refCache = new Map<string, ChunkRef | undefined>();
+      let chunksFreed = 0;
+      let bytesFreed = 0;
+      for (const w of doomed) {
+        // Read the tokens now: the batch below may free the chunks, and the engine cleanup runs after it.
+        const tokens = w.pinned || w.stateFile ? await this.tokensOf(w) : [];
+        const missing = w.chunkHashes.filter((h) => !refCache.has(h));
+        const got = (await reg.refs.getMany(missing)) as (ChunkRef | undefined)[];
+        missing.forEach((h, i) => {
+          refCache.set(h, got[i]);
+        });
+        for (const h of w.chunkHashes) {
+          const ref = refCache.get(h);
+          if (!ref) continue;
+          const n = ref.n - 1;
+          if (n <= 0) {
+            refCache.set(h, undefined);
+            ops.push({ type: 'del', sublevel: reg.refs, key: h }, { type: 'del', sublevel: reg.chunks, key: h });
+            chunksFreed++;
+            bytesFreed += ref.bytes;
+            bump(deltas, 'chunks', -1);
+            bump(deltas, 'bytes', -ref.bytes);
+            bump(deltas, 'tokens', -ref.tokens);
+          } else {
+            refCache.set(h, { ...ref, n });
+          }
+        }
+        ops.push(
+          { type: 'del', sublevel: reg.windows, key: w.name },
+          { type: 'del', sublevel: reg.windowData, key: w.name },
+        );
+        indexOps(reg, w, -1, ops, deltas);
+        let lastReference = true;
+        if (w.stateFile) {
+          bump(deltas, `sf!${w.stateFile.file}`, -1);
+          lastReference =
+            (await reg.count(`sf!${w.stateFile.file}`)) + (deltas.get(`sf!${w.stateFile.file}`) ?? 0) <= 0;
+        }
+        // The longest prefix another window of the same salt lineage still needs stays in LMCache.
+        let keepChunks = 0;
+        for (const other of await this.lineageMembers(w.lineageRoot)) {
+          if (doomedNames.has(other)) continue;
+          const ow = await reg.getWindow(other);
+          if (!ow) continue;
+          let k = 0;
+          while (k < ow.chunkHashes.length && k < w.chunkHashes.length && ow.chunkHashes[k] === w.chunkHashes[k]) k++;
+          keepChunks = Math.max(keepChunks, k);
+        }
+        const keepTokens = Math.min(w.tokens, keepChunks * 256);
+        released.push({ w, tokens, keepTokens, lastReference });
+        ops.push(
+          this.ctx.audit.op({
+            action: 'window.delete',
+            actor,
+            target: w.name,
+            details: { cascade: input.cascade, tokens: w.tokens },
+          }),
+        );
+      }
+      for (const [h, ref] of refCache) if (ref) ops.push({ type: 'put', sublevel: reg.refs, key: h, value: ref });
+      // Surviving children keep their parent's name, marked deleted, so lineage stays explainable.
+      for (const w of doomed) {
+        for (const child of await this.childrenOf(w.name)) {
+          if (doomedNames.has(child)) continue;
+          const cw = await reg.getWindow(child);
+          if (cw) ops.push({ type: 'put', sublevel: reg.windows, key: cw.name, value: { ...cw, parentDeleted: true } });
+        }
+      }
+      const next = await reg.countOps(deltas, ops);
+      await reg.batch(ops);
+      reg.commitCounts(next);
+      return { deleted: doomed.map((d) => d.name), chunksFreed, bytesFreed };
+    });
+    const warnings: string[] = [];
+    let lmcacheCleared = 0;
+    for (const r of released) {
+      try {
+        const out = await this.ctx.backend.releaseKv({
+          window: r.w,
+          tokens: r.tokens,
+          salt: saltFor(this.ctx, r.w.lineageRoot),
+          keepTokens: r.keepTokens,
+          lastReference: r.lastReference,
+        });
+        lmcacheCleared += out.cleared;
+        warnings.push(...out.warnings);
+      } catch (err) {
+        warnings.push(`engine cleanup for "${r.w.name}" failed: ${(err as Error).message}`);
+      }
+    }
+    this.ctx.metrics.operations.inc({ op: 'delete', outcome: 'ok' }, res.deleted.length);
+    return { ...res, lmcacheCleared, warnings };
+  }
+
+  async list(p: {
+    tags?: string[] | undefined;
+    model?: string | undefined;
+    session?: string | undefined;
+    search?: string | undefined;
+    sort: 'created' | 'name' | 'tokens';
+    order: 'asc' | 'desc';
+    limit: number;
+    offset: number;
+  }) {
+    const reg = this.ctx.reg;
+    const reverse = p.order === 'desc';
+    // Drive from the most selective index; the rest of the filters apply to the loaded records.
+    let prefix = 'c!';
+    const rest = { tags: [...(p.tags ?? [])], model: p.model, session: p.session };
+    if (p.session) {
+      prefix = `s!${p.session}!`;
+      rest.session = undefined;
+    } else if (p.model) {
+      prefix = modelPrefix(p.model);
+      rest.model = undefined;
+    } else if (rest.tags.length > 0) {
+      prefix = `t!${rest.tags.shift()}!`;
+    }
+    const needsFilter = rest.tags.length > 0 || rest.model !== undefined || rest.session !== undefined || !!p.search;
+    const range: IterOpts = { gte: prefix, lt: `${prefix}\xff`, reverse };
+    if (
+      !needsFilter &&
+      (p.sort === 'created' || (p.sort === 'name' && prefix === 'c!') || (p.sort === 'tokens' && prefix === 'c!'))
+    ) {
+      const total = await reg.count(prefix);
+      const names: string[] = [];
+      let skipped = 0;
+      if (p.sort === 'name') {
+        for await (const key of reg.windows.keys({ reverse })) {
+          if (skipped++ < p.offset) continue;
+          names.push(key);
+          if (names.length >= p.limit) break;
+        }
+      } else {
+        const iter = p.sort === 'tokens' ? { gte: 'k!', lt: 'k!\xff', reverse } : range;
+        for await (const key of reg.idx.keys(iter)) {
+          if (skipped++ < p.offset) continue;
+          names.push(nameFromIndexKey(key));
+          if (names.length >= p.limit) break;
+        }
+      }
+      const windows = ((await reg.windows.getMany(names)) as (WindowRecord | undefined)[]).filter(
+        (w): w is WindowRecord => w !== undefined,
+      );
+      return { windows: windows.map(toWindowInfo), total, limit: p.limit, offset: p.offset };
+    }
+    // Slow path: load every candidate of the driving index, filter, sort in memory.
+    const search = p.search?.toLowerCase();
+    const matched: WindowRecord[] = [];
+    let batch: string[] = [];
+    const flush = async () => {
+      const ws = (await reg.windows.getMany(batch)) as (WindowRecord | undefined)[];
+      batch = [];
+      for (const w of ws) {
+        if (!w) continue;
+        if (rest.model !== undefined && w.model !== rest.model) continue;
+        if (rest.session !== undefined && w.session !== rest.session) continue;
+        if (!rest.tags.every((t) => w.tags.includes(t))) continue;
+        if (search && !w.name.toLowerCase().includes(search) && !w.description.toLowerCase().includes(search)) continue;
+        matched.push(w);
+      }
+    };
+    for await (const key of reg.idx.keys(range)) {
+      batch.push(nameFromIndexKey(key));
+      if (batch.length >= 512) await flush();
+    }
+    await flush();
+    const dir = reverse ? -1 : 1;
+    const cmp: Record<typeof p.sort, (a: WindowRecord, b: WindowRecord) => number> = {
+      created: (a, b) =>
+        createdKey(a.createdAt) < createdKey(b.createdAt)
+          ? -1
+          : createdKey(a.createdAt) > createdKey(b.createdAt)
+            ? 1
+            : a.name < b.name
+              ? -1
+              : 1,
+      name: (a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0),
+      tokens: (a, b) => a.tokens - b.tokens || (a.name < b.name ? -1 : 1),
+    };
+    matched.sort((a, b) => dir * cmp[p.sort](a, b));
+    return {
+      windows: matched.slice(p.offset, p.offset + p.limit).map(toWindowInfo),
+      total: matched.length,
+      limit: p.limit,
+      offset: p.offset,
+    };
+  }
+
+  async lineage(w: WindowRecord) {
+    const ancestors: string[] = [];
+    let missingParent: string | null = null;
+    let cur: WindowRecord = w;
+    const seen = new Set([w.name]);
+    while (cur.parent) {
+      const parent = await this.ctx.reg.getWindow(cur.parent);
+      if (!parent) {
+        missingParent = cur.parent;
+        ancestors.push(cur.parent);
+        break;
+      }
+      if (seen.has(parent.name)) break;
+      seen.add(parent.name);
+      ancestors.push(parent.name);
+      cur = parent;
+    }
+    return {
+      ancestors,
+      children: await this.childrenOf(w.name),
+      root: ancestors[ancestors.length - 1] ?? w.name,
+      depth: ancestors.length,
+      missingParent,
+    };
+  }
+}
