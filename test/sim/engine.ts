@@ -274,8 +274,8 @@ export class Engine {
     const P = req.prompt.length;
     const { chain, run } = this.prepare(req);
     const maxHitBlocks = Math.floor((P - 1) / B);
-    const localBlocks = req.skipPrefixRead ? 0 : this.pool.matchPrefix(chain.keys, chain.checks, maxHitBlocks);
-    const hitIds = this.pool.blocksFor(chain.keys, chain.checks, localBlocks);
+    const hitIds = req.skipPrefixRead ? [] : this.pool.matchPrefix(chain.keys, chain.checks, maxHitBlocks);
+    const localBlocks = hitIds.length;
     const need = Math.max(1, Math.ceil(req.kvTokens / B), localBlocks);
     const newNeeded = need - localBlocks;
     if (this.pool.free - this.pool.countFree(hitIds) < newNeeded) return null;

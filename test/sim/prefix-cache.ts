@@ -72,21 +72,14 @@ export class BlockPool {
     return this.freeCount;
   }
 
-  /** Number of leading units whose hash is cached, at most `max`. */
-  matchPrefix(keys: Float64Array, checks: Int32Array, max: number): number {
+  /** Block ids of the leading units whose hash is cached (at most `max` of them). */
+  matchPrefix(keys: Float64Array, checks: Int32Array, max: number): number[] {
     const limit = Math.min(max, keys.length);
-    let n = 0;
-    while (n < limit && this.lookup(keys[n] as number, checks[n] as number) !== NONE) n++;
-    return n;
-  }
-
-  /** Block ids of the first `n` hashes (must all be cached — call right after matchPrefix). */
-  blocksFor(keys: Float64Array, checks: Int32Array, n: number): number[] {
-    const ids: number[] = new Array(n);
-    for (let i = 0; i < n; i++) {
-      const id = this.lookup(keys[i] as number, checks[i] as number);
-      if (id === NONE) throw new Error('prefix block vanished between match and touch');
-      ids[i] = id;
+    const ids: number[] = [];
+    for (let n = 0; n < limit; n++) {
+      const id = this.lookup(keys[n] as number, checks[n] as number);
+      if (id === NONE) break;
+      ids.push(id);
     }
     return ids;
   }

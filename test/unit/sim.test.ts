@@ -302,6 +302,35 @@ describe('sim vLLM endpoints', () => {
     assert.equal(c.externalHitTokens, 0, 'prompts < 256 tokens never hit LMCache');
   });
 
+  it('caches generated blocks, so the next chat turn hits prompt + reply', async () => {
+    const m1 = [
+      { role: 'system', content: 'You are a helpful assistant. '.repeat(8) },
+      { role: 'user', content: 'Tell me about the river and the light.' },
+    ];
+    const r1 = await call(sim.url, '/v1/chat/completions', { messages: m1, max_tokens: 40, cache_salt: 'chat' });
+    const p1 = obj(r1.body.usage).prompt_tokens as number;
+    const g = obj(r1.body.usage).completion_tokens as number;
+    const reply = obj(obj(arr(r1.body.choices)[0]).message).content as string;
+    const m2 = [...m1, { role: 'assistant', content: reply }, { role: 'user', content: 'And then?' }];
+    const p2 = renderChat(m2, { addGenerationPrompt: true, continueFinalMessage: false }).length;
+    const r2 = await call(sim.url, '/v1/chat/completions', { messages: m2, max_tokens: 1, cache_salt: 'chat' });
+    assert.equal(obj(r2.body.usage).prompt_tokens, p2);
+    const expected = Math.floor(Math.min(p1 + g - 1, p2 - 1) / 16) * 16;
+    assert.ok(expected > p1 - 16, 'the reply blocks must count');
+    assert.equal(cachedTokens(r2), expected);
+  });
+
+  it('supports n > 1 and echo', async () => {
+    const prompt = ids(24, 77);
+    const r = await complete(sim, prompt, { max_tokens: 3, n: 2, echo: true });
+    const choices = arr(r.body.choices).map(obj);
+    assert.equal(choices.length, 2);
+    const echoed = decode(prompt);
+    assert.ok(choices.every((c) => (c.text as string).startsWith(echoed)));
+    assert.notEqual(choices[0]?.text, choices[1]?.text);
+    assert.equal(obj(r.body.usage).completion_tokens, 6);
+  });
+
   it('isolates cache_salt namespaces', async () => {
     const prompt = ids(200, 9);
     await complete(sim, prompt, { cache_salt: 'alpha' });
