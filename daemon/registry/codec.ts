@@ -6,6 +6,37 @@ export const CHUNK_TOKENS = 256;
 
 const FORMAT_VARINT = 1;
 const FORMAT_VARINT_DEFLATE = 2;
+const FORMAT_PACKED = 3;
+const FORMAT_PACKED_DEFLATE = 4;
+
+/** Fixed-width bit packing at the width of the largest id: 15 bits for a 32k vocabulary, 17 for 128k. */
+function pack(ids: readonly number[]): Buffer {
+  let max = 0;
+  for (const id of ids) if (id > max) max = id;
+  const width = Math.max(1, 32 - Math.clz32(max));
+  const out = Buffer.alloc(1 + Math.ceil((ids.length * width) / 8));
+  out[0] = width;
+  let bit = 0;
+  for (const id of ids) {
+    for (let b = 0; b < width; b++, bit++)
+      if ((id >>> b) & 1) out[1 + (bit >> 3)] = (out[1 + (bit >> 3)] as number) | (1 << (bit & 7));
+  }
+  return out;
+}
+
+function unpack(buf: Buffer): number[] {
+  const width = buf[0] ?? 0;
+  if (width < 1 || width > 32) throw new Error(`corrupt chunk: bad bit width ${width}`);
+  const count = Math.floor(((buf.length - 1) * 8) / width);
+  const ids: number[] = [];
+  let bit = 0;
+  for (let i = 0; i < count; i++) {
+    let v = 0;
+    for (let b = 0; b < width; b++, bit++) if (((buf[1 + (bit >> 3)] as number) >> (bit & 7)) & 1) v |= 1 << b;
+    ids.push(v >>> 0);
+  }
+  return ids;
+}
 
 function writeVarints(ids: readonly number[]): Buffer {
   const out = Buffer.allocUnsafe(ids.length * 5);
@@ -41,12 +72,38 @@ function readVarints(buf: Buffer): number[] {
   return ids;
 }
 
-/** Token ids → compact bytes: LEB128 varints, deflated when that is smaller. One format byte in front. */
+/**
+ * Token ids → compact bytes: the smallest of LEB128 varints or fixed-width bit packing, each deflated when that
+ * helps. One format byte in front; the packed forms start with the id count (a varint), then the bit width.
+ */
 export function encodeTokens(ids: readonly number[]): Buffer {
-  const raw = writeVarints(ids);
-  const packed = deflateRawSync(raw, { level: 6 });
-  if (packed.length < raw.length) return Buffer.concat([Buffer.of(FORMAT_VARINT_DEFLATE), packed]);
-  return Buffer.concat([Buffer.of(FORMAT_VARINT), raw]);
+  const varint = writeVarints(ids);
+  const packed = Buffer.concat([writeVarints([ids.length]), pack(ids)]);
+  const candidates: [number, Buffer][] = [
+    [FORMAT_VARINT, varint],
+    [FORMAT_VARINT_DEFLATE, deflateRawSync(varint, { level: 6 })],
+    [FORMAT_PACKED, packed],
+    [FORMAT_PACKED_DEFLATE, deflateRawSync(packed, { level: 6 })],
+  ];
+  let best = candidates[0] as [number, Buffer];
+  for (const c of candidates) if (c[1].length < best[1].length) best = c;
+  return Buffer.concat([Buffer.of(best[0]), best[1]]);
+}
+
+function readPacked(body: Buffer): number[] {
+  let count = 0;
+  let shift = 0;
+  let i = 0;
+  for (; i < body.length; i++) {
+    const b = body[i] as number;
+    count |= (b & 0x7f) << shift;
+    if (!(b & 0x80)) break;
+    shift += 7;
+    if (shift > 28) throw new Error('corrupt chunk: bad count');
+  }
+  const ids = unpack(body.subarray(i + 1));
+  if (ids.length < count) throw new Error('corrupt chunk: truncated packed ids');
+  return ids.slice(0, count);
 }
 
 export function decodeTokens(buf: Buffer): number[] {
@@ -54,6 +111,8 @@ export function decodeTokens(buf: Buffer): number[] {
   const body = buf.subarray(1);
   if (format === FORMAT_VARINT) return readVarints(body);
   if (format === FORMAT_VARINT_DEFLATE) return readVarints(inflateRawSync(body));
+  if (format === FORMAT_PACKED) return readPacked(body);
+  if (format === FORMAT_PACKED_DEFLATE) return readPacked(inflateRawSync(body));
   throw new Error(`corrupt chunk: unknown format byte ${String(format)}`);
 }
 

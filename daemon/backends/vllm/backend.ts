@@ -170,7 +170,7 @@ export class VllmBackend implements EngineBackend {
         warnings.push('prefill skipped: the KV cache for this context is not resident; thaw will recompute it');
       }
       let pinned = 0;
-      for (const tier of Object.keys(look.byTier)) pinned += await this.lmcache.pin(input.tokens, input.salt, tier);
+      for (const tier of TIERS) pinned += await this.lmcache.pin(input.tokens, input.salt, tier);
       if (wantChunks > 0 && pinned === 0) warnings.push('LMCache holds none of this context: nothing was pinned');
       const residency: Residency = look.matched >= wantChunks ? 'ready' : look.matched > 0 ? 'partial' : 'lost';
       return { pinned: pinned > 0, cached: look.matched > 0, residency, stateFile: null, engineMs, warnings };
@@ -252,9 +252,8 @@ export class VllmBackend implements EngineBackend {
   async retainKv(input: KvPinInput): Promise<{ pinned: boolean; warnings: string[] }> {
     if (!this.lmcache) return { pinned: false, warnings: [] };
     try {
-      const look = await this.lmcache.lookup(input.tokens, input.salt);
       let pinned = 0;
-      for (const tier of Object.keys(look.byTier)) pinned += await this.lmcache.pin(input.tokens, input.salt, tier);
+      for (const tier of TIERS) pinned += await this.lmcache.pin(input.tokens, input.salt, tier);
       return { pinned: pinned > 0, warnings: [] };
     } catch (err) {
       return { pinned: false, warnings: [`could not pin the shared KV in LMCache: ${(err as Error).message}`] };
