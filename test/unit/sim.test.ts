@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { after, before, beforeEach, describe, it } from 'node:test';
+import { createHasher } from '../sim/hash.js';
 import {
   BOS_ID,
   decode,
@@ -593,6 +595,38 @@ describe('sim LMCache controller', () => {
     const kept = await call(sim.url, '/admin/clear-lmcache', { keepPinned: true });
     assert.equal(obj(kept.body).removedChunks, 4);
     assert.equal(sim.counters().lmcache.cpuChunks, 2);
+  });
+});
+
+describe('sim sha256_cbor hashing', () => {
+  it("matches vLLM's sha256_cbor recipe and still produces hits", async () => {
+    const tokens = Array.from({ length: 16 }, (_, i) => 100 + i);
+    // independent construction: cbor([NONE_HASH bytes, [ids…], ["salt"]]), NONE_HASH = sha256(cbor("0"))
+    const none = createHash('sha256')
+      .update(Buffer.from([0x61, 0x30]))
+      .digest();
+    const cbor = Buffer.concat([
+      Buffer.from([0x83, 0x58, 0x20]),
+      none,
+      Buffer.from([0x90]),
+      Buffer.from(tokens.flatMap((t) => [0x18, t])),
+      Buffer.from([0x81, 0x64]),
+      Buffer.from('salt'),
+    ]);
+    const expected = createHash('sha256').update(cbor).digest('hex');
+    const hasher = createHasher('sha256_cbor');
+    const chain = hasher.chain(tokens, 16, 0, 1, hasher.noneHash, 'salt');
+    assert.equal(Buffer.from(chain.last).toString('hex'), expected);
+
+    const sim = await startSimulator({ hashAlgo: 'sha256_cbor' });
+    try {
+      const prompt = ids(300, 61);
+      await complete(sim, prompt, { cache_salt: 'x' });
+      assert.equal(cachedTokens(await complete(sim, prompt, { cache_salt: 'x' })), 288);
+      assert.match((await call(sim.url, '/metrics')).text, /prefix_caching_hash_algo="sha256_cbor"/);
+    } finally {
+      await sim.close();
+    }
   });
 });
 
