@@ -77,7 +77,7 @@ function run(cmd: string, args: readonly string[], cwd: string, log: (line: stri
   return new Promise((resolve, reject) => {
     // Child output goes to our stderr so stdout stays reserved for the binary path.
     const child = spawn(cmd, args, { cwd, stdio: ['ignore', process.stderr, process.stderr] });
-    child.on('error', (err) => reject(new Error(`cannot run ${cmd}: ${err.message}`)));
+    child.on('error', (err) => reject(new Error(`cannot run ${cmd} (is it installed and on PATH?): ${err.message}`)));
     child.on('exit', (code, signal) => {
       if (code === 0) resolve();
       else reject(new Error(`${cmd} ${args.slice(0, 3).join(' ')}… failed (${signal ?? `exit code ${code}`})`));
