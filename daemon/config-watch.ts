@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import path from 'node:path';
 import { watch } from 'chokidar';
 import type { Daemon } from './daemon.js';
@@ -8,13 +9,22 @@ import type { Daemon } from './daemon.js';
  */
 export async function watchConfig(d: Daemon): Promise<() => Promise<void>> {
   const file = d.config.file;
-  const watcher = watch(path.dirname(file), {
+  // Watch the directory, not the file: the file may not exist yet, and editors replace it by rename.
+  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  const dir = path.resolve(path.dirname(file));
+  const target = path.resolve(file);
+  const watcher = watch(dir, {
+    // Only the config file itself: the directory may also hold the log or the registry, which change constantly.
+    ignored: (p: string) => {
+      const r = path.resolve(p);
+      return r !== dir && r !== target;
+    },
     ignoreInitial: true,
     depth: 0,
     awaitWriteFinish: { stabilityThreshold: 100, pollInterval: 20 },
   });
   const onChange = (p: string) => {
-    if (path.resolve(p) !== path.resolve(file)) return;
+    if (path.resolve(p) !== target) return;
     const r = d.reloadConfig();
     void d.ctx.audit
       .record({
@@ -22,7 +32,7 @@ export async function watchConfig(d: Daemon): Promise<() => Promise<void>> {
         actor: 'daemon',
         outcome: r.ok ? 'ok' : 'error',
         reason: r.error,
-        details: { restartNeeded: r.restart },
+        details: { file, restartNeeded: r.restart },
       })
       .catch(() => {});
   };

@@ -47,6 +47,7 @@ export const ConfigSchema = z
         hostAvailableMin: z.number().gte(0).lt(1).default(0.1),
         hostAvailableOk: z.number().gt(0).lte(1).default(0.2),
         idleSeconds: z.number().min(0).default(30),
+        maxFreezesPerRun: z.number().int().min(1).default(8),
       })
       .strict()
       .prefault({})
@@ -75,7 +76,7 @@ export type Config = z.output<typeof ConfigSchema>;
 export type ConfigSource = 'default' | 'file' | 'env' | 'flag';
 
 /** Keys whose change only takes effect after a restart (they shape sockets and connections made at start). */
-export const RESTART_KEYS = ['engine', 'gateway', 'daemon.maxLineBytes'] as const;
+export const RESTART_KEYS = ['engine', 'gateway.listen', 'daemon.maxLineBytes'] as const;
 
 /** CWM_* environment variables → config paths. */
 export const ENV_MAP: Record<string, { key: string; parse: (v: string) => unknown }> = {

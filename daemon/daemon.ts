@@ -4,11 +4,13 @@ import type { Logger } from 'pino';
 import type { EngineBackend } from './backends/types.js';
 import { VllmBackend } from './backends/vllm/backend.js';
 import { type LoadedConfig, loadConfig, restartNeeded } from './config.js';
+import { Gateway } from './gateway/index.js';
 import { daemonMethods } from './methods/daemon.js';
 import { opsMethods } from './methods/ops.js';
 import { sessionMethods } from './methods/session.js';
 import { windowMethods } from './methods/window.js';
 import { Metrics } from './metrics.js';
+import { Monitor } from './monitor/index.js';
 import { type CwmPaths, checkSocketPath, isNamedPipe } from './paths.js';
 import { CwmError, PROTOCOL_VERSION } from './protocol/index.js';
 import { checkRegistry } from './registry/check.js';
@@ -20,6 +22,13 @@ import type { ServiceContext } from './services/context.js';
 import { SessionService } from './services/sessions.js';
 import { WindowService } from './services/windows.js';
 import { VERSION } from './version.js';
+
+/** RPC methods whose failures count as failed window operations in cwm_operations_total. */
+const FAILED_OPS: Record<string, string> = {
+  'window.freeze': 'freeze',
+  'window.clone': 'clone',
+  'window.delete': 'delete',
+};
 
 export interface DaemonOptions {
   paths: CwmPaths;
@@ -128,8 +137,12 @@ export class Daemon {
       maxLineBytes: opts.config.config.daemon.maxLineBytes,
       log: log.child({ component: 'rpc' }),
       partialLineTimeoutMs: 60_000,
-      onCall: (method, seconds, ok) =>
-        daemon.metrics.rpcSeconds.observe({ method, outcome: ok ? 'ok' : 'error' }, seconds),
+      onCall: (method, seconds, ok) => {
+        daemon.metrics.rpcSeconds.observe({ method, outcome: ok ? 'ok' : 'error' }, seconds);
+        // Successes are counted by the windows service; failures that never reached it are counted here.
+        const op = FAILED_OPS[method];
+        if (!ok && op) daemon.metrics.operations.inc({ op, outcome: 'error' });
+      },
     });
     daemon.rpc = rpc;
     try {
@@ -142,6 +155,14 @@ export class Daemon {
         hint: 'check the socket directory; `cwm doctor` explains more',
         cause: err,
       });
+    }
+    try {
+      await daemon.startServices();
+    } catch (err) {
+      await rpc.close(0).catch(() => {});
+      await backend.close().catch(() => {});
+      await reg.close();
+      throw err;
     }
     await daemon.ctx.audit.record({
       action: 'daemon.start',
@@ -162,6 +183,44 @@ export class Daemon {
     };
     return this.cachedHandlers;
   }
+
+  /** The gateway (when gateway.listen is set) and the monitor loop; both stop before the registry closes. */
+  private async startServices(): Promise<void> {
+    const cfg = this.cfg.config;
+    if (cfg.gateway.listen) {
+      const gw = await Gateway.start(
+        { ctx: this.ctx, sessions: this.sessions, log: this.log.child({ component: 'gateway' }) },
+        cfg.gateway.listen,
+      );
+      this.gatewayInfo = { url: gw.url, listening: true };
+      this.onStop(async () => {
+        if (this.gatewayInfo) this.gatewayInfo.listening = false;
+        await gw.close(this.cfg.config.daemon.shutdownGraceMs);
+      });
+      this.log.info({ url: gw.url }, 'gateway listening');
+    }
+    this.metrics.addCollector(async () => {
+      this.metrics.windows.set(await this.reg.count('c!'));
+      const byState: Record<string, number> = { active: 0, frozen: 0, thawed: 0, ended: 0 };
+      for await (const v of this.reg.sessions.values()) {
+        const st = (v as { state: string }).state;
+        byState[st] = (byState[st] ?? 0) + 1;
+      }
+      for (const [state, n] of Object.entries(byState)) this.metrics.sessions.set({ state }, n);
+    });
+    const monitor = new Monitor({
+      ctx: this.ctx,
+      windows: this.windows,
+      log: this.log.child({ component: 'monitor' }),
+    });
+    monitor.start();
+    this.monitorStatus = () => monitor.status();
+    this.configListeners.push(() => monitor.rearm());
+    this.onStop(() => monitor.stop());
+  }
+
+  /** Called after each successful config reload (the monitor re-arms its timer). */
+  private readonly configListeners: (() => void)[] = [];
 
   /** Add something to close at shutdown (gateway, monitor, watchers), in reverse order of registration. */
   onStop(fn: () => Promise<void>): void {
@@ -206,14 +265,21 @@ export class Daemon {
   reloadConfig(): { ok: boolean; error: string | null; restart: string[] } {
     try {
       const next = loadConfig(this.opts.paths.configFile, process.env, this.opts.flags);
-      const restart = restartNeeded(this.cfg.config, next.config);
+      // Against the config the daemon started with: what it runs on until a restart, however many edits later.
+      const restart = restartNeeded(this.opts.config.config, next.config);
+      const newlyPending = restart.filter((k) => !this.pendingRestart.includes(k));
       this.cfg = next;
       this.opts.log.level = next.config.daemon.logLevel;
-      if (restart.length > 0) this.opts.log.warn({ keys: restart }, 'config changed: these keys apply after a restart');
+      if (newlyPending.length > 0) {
+        this.opts.log.warn({ keys: newlyPending }, 'config changed: these keys apply after a restart');
+      }
       this.lastConfigError = null;
       this.pendingRestart = restart;
+      this.metrics.configReloads.inc({ outcome: 'ok' });
+      for (const fn of this.configListeners) fn();
       return { ok: true, error: null, restart };
     } catch (err) {
+      this.metrics.configReloads.inc({ outcome: 'rejected' });
       this.lastConfigError = (err as Error).message;
       this.opts.log.error({ err: (err as Error).message }, 'config change rejected; keeping the last good config');
       return { ok: false, error: this.lastConfigError, restart: [] };

@@ -13,6 +13,12 @@ export class Metrics {
   readonly gatewayRequests: Counter<'route' | 'status'>;
   readonly engineErrors: Counter<'code'>;
   readonly pressure: Gauge<'signal'>;
+  readonly underPressure: Gauge<'reason'>;
+  readonly gatewayRecords: Counter<'outcome'>;
+  readonly gatewayInFlight: Gauge;
+  readonly monitorRuns: Counter<'outcome'>;
+  readonly configReloads: Counter<'outcome'>;
+  private collectors: (() => Promise<void>)[] = [];
 
   constructor() {
     const registers = [this.registry];
@@ -68,5 +74,61 @@ export class Metrics {
       labelNames: ['signal'],
       registers,
     });
+    this.underPressure = new Gauge({
+      name: 'cwm_under_pressure',
+      help: 'Memory pressure state of the monitor (1 while under pressure), by signal: kv_pressure, host_memory',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.gatewayRecords = new Counter({
+      name: 'cwm_gateway_records_total',
+      help: 'Gateway exchanges recorded into sessions, by outcome (ok, skipped, error)',
+      labelNames: ['outcome'],
+      registers,
+    });
+    this.gatewayInFlight = new Gauge({
+      name: 'cwm_gateway_in_flight',
+      help: 'Gateway requests being forwarded right now',
+      registers,
+    });
+    this.monitorRuns = new Counter({
+      name: 'cwm_monitor_runs_total',
+      help: 'Monitor loop runs by outcome (ok, error)',
+      labelNames: ['outcome'],
+      registers,
+    });
+    this.configReloads = new Counter({
+      name: 'cwm_config_reloads_total',
+      help: 'Config file reloads by outcome (ok, rejected)',
+      labelNames: ['outcome'],
+      registers,
+    });
+    this.zeroSeries();
+  }
+
+  /** Series that exist from the start (at 0), so dashboards and alerts see them before the first event. */
+  private zeroSeries(): void {
+    for (const op of ['freeze', 'thaw', 'clone', 'delete']) {
+      for (const outcome of ['ok', 'error']) this.operations.inc({ op, outcome }, 0);
+    }
+    for (const source of ['cache', 'recomputed']) this.thawTokens.inc({ source }, 0);
+    for (const reason of ['threshold', 'kv_pressure', 'host_memory']) {
+      this.autoFreezes.inc({ reason }, 0);
+      if (reason !== 'threshold') this.underPressure.set({ reason }, 0);
+    }
+    for (const outcome of ['ok', 'skipped', 'error']) this.gatewayRecords.inc({ outcome }, 0);
+    for (const outcome of ['ok', 'error']) this.monitorRuns.inc({ outcome }, 0);
+    for (const outcome of ['ok', 'rejected']) this.configReloads.inc({ outcome }, 0);
+  }
+
+  /** Run before each scrape, to refresh gauges that are cheaper to read than to keep up to date. */
+  addCollector(fn: () => Promise<void>): void {
+    this.collectors.push(fn);
+  }
+
+  /** The Prometheus text exposition, gauges refreshed first (a failing collector leaves its gauges as they were). */
+  async render(): Promise<{ contentType: string; text: string }> {
+    await Promise.all(this.collectors.map((fn) => fn().catch(() => {})));
+    return { contentType: this.registry.contentType, text: await this.registry.metrics() };
   }
 }

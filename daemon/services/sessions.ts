@@ -34,6 +34,8 @@ export interface RecordInput {
   usage?: Usage | undefined;
   /** Exact token ids of the context when the caller knows them (the gateway, a backend). */
   tokenIds?: number[] | undefined;
+  /** Lineage root for a session created by this call (the gateway picks it before the first request's salt). */
+  lineageRoot?: string | undefined;
 }
 
 export function newSessionRecord(
@@ -126,6 +128,7 @@ export class SessionService {
       const now = nowIso();
       const existing = await this.ctx.reg.getSession(input.session);
       const s = existing ?? newSessionRecord(input.session, input.model, kind, now);
+      if (!existing && input.lineageRoot) s.lineageRoot = input.lineageRoot;
       s.model = input.model;
       s.kind = kind;
       s.tokens = tokenIds?.length ?? usageTokens ?? s.tokens;

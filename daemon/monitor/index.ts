@@ -1,0 +1,1 @@
+export { Monitor, type MonitorDeps, type MonitorStatus } from './monitor.js';

@@ -1,0 +1,123 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { Capture, replyFromJson, replyFromSse } from '../../daemon/gateway/capture.js';
+import { toRecordInput } from '../../daemon/gateway/recorder.js';
+
+const ev = (o: unknown) => `data: ${JSON.stringify(o)}\n\n`;
+const usage = {
+  prompt_tokens: 10,
+  completion_tokens: 3,
+  total_tokens: 13,
+  prompt_tokens_details: { cached_tokens: 8 },
+};
+
+describe('gateway reply capture', () => {
+  it('reads a chat completion', () => {
+    const body = {
+      choices: [{ index: 0, message: { role: 'assistant', content: 'Hi.', tool_calls: [], refusal: null } }],
+      usage,
+    };
+    const r = replyFromJson('chat', Buffer.from(JSON.stringify(body)));
+    assert.deepEqual(r, { message: { role: 'assistant', content: 'Hi.' }, text: null, usage });
+  });
+
+  it('reads a text completion', () => {
+    const r = replyFromJson(
+      'completion',
+      Buffer.from(JSON.stringify({ choices: [{ index: 0, text: ' more' }], usage })),
+    );
+    assert.deepEqual(r, { message: null, text: ' more', usage });
+  });
+
+  it('puts a chat stream together, choice 0 only, with the usage chunk', () => {
+    const body =
+      ev({ choices: [{ index: 0, delta: { role: 'assistant', content: '' } }] }) +
+      ev({
+        choices: [
+          { index: 0, delta: { content: 'Hel' } },
+          { index: 1, delta: { content: 'X' } },
+        ],
+      }) +
+      ev({ choices: [{ index: 0, delta: { content: 'lo' }, finish_reason: 'stop' }] }) +
+      ev({ choices: [], usage }) +
+      'data: [DONE]\n\n';
+    assert.deepEqual(replyFromSse('chat', Buffer.from(body)), {
+      message: { role: 'assistant', content: 'Hello' },
+      text: null,
+      usage,
+    });
+  });
+
+  it('puts streamed tool calls together', () => {
+    const body =
+      ev({
+        choices: [
+          {
+            index: 0,
+            delta: {
+              tool_calls: [{ index: 0, id: 'c1', type: 'function', function: { name: 'get', arguments: '{"a"' } }],
+            },
+          },
+        ],
+      }) +
+      ev({ choices: [{ index: 0, delta: { tool_calls: [{ index: 0, function: { arguments: ':1}' } }] } }] }) +
+      'data: [DONE]\n\n';
+    const r = replyFromSse('chat', Buffer.from(body));
+    assert.deepEqual(r?.message, {
+      role: 'assistant',
+      content: null,
+      tool_calls: [{ type: 'function', id: 'c1', function: { name: 'get', arguments: '{"a":1}' } }],
+    });
+  });
+
+  it('puts a completion stream together', () => {
+    const body = ev({ choices: [{ index: 0, text: 'a' }] }) + ev({ choices: [{ index: 0, text: 'b' }] });
+    assert.deepEqual(replyFromSse('completion', Buffer.from(body)), { message: null, text: 'ab', usage: null });
+  });
+
+  it('stops keeping bytes past its cap', () => {
+    const c = new Capture(4);
+    c.push(Buffer.from('ab'));
+    assert.equal(c.body().toString(), 'ab');
+    c.push(Buffer.from('cde'));
+    assert.equal(c.overflow, true);
+  });
+});
+
+describe('gateway record input', () => {
+  const base = { session: 's', lineageRoot: 'root', defaultModel: async () => 'dflt' };
+  it('appends the assistant reply to the exact messages', async () => {
+    const messages = [{ role: 'user', content: 'hi', name: 'u' }];
+    const r = await toRecordInput(
+      { ...base, kind: 'chat', request: { model: 'm', messages }, reply: () => null },
+      { message: { role: 'assistant', content: 'yo' }, text: null, usage },
+    );
+    assert.deepEqual(r, {
+      session: 's',
+      model: 'm',
+      lineageRoot: 'root',
+      usage,
+      messages: [...messages, { role: 'assistant', content: 'yo' }],
+    });
+  });
+
+  it('keeps the prompt and the completion (echo removed), and falls back to the default model', async () => {
+    const r = await toRecordInput(
+      { ...base, kind: 'completion', request: { prompt: ['Once'], echo: true }, reply: () => null },
+      { message: null, text: 'Once upon', usage: null },
+    );
+    assert.deepEqual(r, {
+      session: 's',
+      model: 'dflt',
+      lineageRoot: 'root',
+      usage: undefined,
+      prompt: 'Once',
+      completion: ' upon',
+    });
+    const ids = await toRecordInput(
+      { ...base, kind: 'completion', request: { model: 'm', prompt: [1, 2, 3] }, reply: () => null },
+      { message: null, text: 'x', usage: null },
+    );
+    assert.deepEqual(ids?.prompt, [1, 2, 3]);
+  });
+});
