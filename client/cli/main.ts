@@ -4,6 +4,7 @@ import { VERSION } from '../../daemon/version.js';
 import { registerDaemon, statusAction } from './commands/daemon.js';
 import { registerDoctor } from './commands/doctor.js';
 import { registerOps } from './commands/ops.js';
+import { registerService } from './commands/service.js';
 import { registerSessions } from './commands/sessions.js';
 import { registerWindows } from './commands/windows.js';
 
@@ -24,6 +25,7 @@ registerSessions(program);
 registerWindows(program);
 registerOps(program);
 registerDoctor(program);
+registerService(program);
 
 try {
   await program.parseAsync();

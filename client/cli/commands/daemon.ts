@@ -5,7 +5,8 @@ import type { Command } from 'commander';
 import { CwmError, isCwmError } from '../../../daemon/protocol/index.js';
 import { CwmClient } from '../../rpc-client.js';
 import { globals, socketOf } from '../context.js';
-import { ago, bytes, exitWithError, kv, out, printJson } from '../output.js';
+import { ago, bytes, exitWithError, kv, out, printJson, warn } from '../output.js';
+import { currentHost, startService, stopService, usableService } from './service.js';
 
 const DAEMON_MAIN = fileURLToPath(new URL('../../../daemon/main.js', import.meta.url));
 
@@ -107,6 +108,31 @@ function alive(pid: number): boolean {
   }
 }
 
+/** An installed service (systemd unit, launchd agent) owns the daemon on its socket: start it through the manager. */
+async function startDaemonOrService(
+  socket: string,
+  extraArgs: string[] = [],
+): Promise<{ pid: number; already: boolean }> {
+  const host = currentHost();
+  const svc = await usableService(socket, host, warn);
+  if (!svc) return startDaemon(socket, extraArgs);
+  if (extraArgs.length > 0)
+    warn(`cwmd runs as a ${svc.manager} service: ${extraArgs.join(' ')} ignored (use its config file)`);
+  return startService(svc, host);
+}
+
+async function stopDaemonOrService(socket: string): Promise<{ pid: number | null; wasRunning: boolean }> {
+  const host = currentHost();
+  const svc = await usableService(socket, host, warn);
+  if (!svc) return stopDaemon(socket);
+  // (with socket activation a probe would start the daemon just to stop it again)
+  const c = svc.socketActivation ? null : await tryConnect(socket).catch(() => null);
+  const pid = c?.hello?.pid ?? null;
+  c?.close();
+  await stopService(svc, host);
+  return { pid, wasRunning: svc.socketActivation || c !== null };
+}
+
 export function registerDaemon(program: Command): void {
   const d = program.command('daemon').description('start, stop and inspect the cwmd daemon');
 
@@ -123,7 +149,7 @@ export function registerDaemon(program: Command): void {
       if (o.config) extra.push('--config', o.config);
       try {
         const socket = socketOf(cmd);
-        const r = await startDaemon(socket, extra);
+        const r = await startDaemonOrService(socket, extra);
         if (g.json) printJson({ running: true, pid: r.pid, socket, alreadyRunning: r.already });
         else
           out(
@@ -142,7 +168,7 @@ export function registerDaemon(program: Command): void {
       const g = globals(cmd);
       try {
         const socket = socketOf(cmd);
-        const r = await stopDaemon(socket);
+        const r = await stopDaemonOrService(socket);
         if (g.json) printJson({ stopped: r.wasRunning, pid: r.pid, socket });
         else out(r.wasRunning ? `cwmd (pid ${r.pid ?? '?'}) stopped` : `cwmd is not running on ${socket}`);
       } catch (err) {
@@ -156,8 +182,8 @@ export function registerDaemon(program: Command): void {
       const g = globals(cmd);
       try {
         const socket = socketOf(cmd);
-        await stopDaemon(socket);
-        const r = await startDaemon(socket);
+        await stopDaemonOrService(socket);
+        const r = await startDaemonOrService(socket);
         if (g.json) printJson({ running: true, pid: r.pid, socket });
         else out(`cwmd restarted (pid ${r.pid}) on ${socket}`);
       } catch (err) {
