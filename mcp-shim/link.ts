@@ -9,6 +9,7 @@ import {
   type ResultOf,
 } from '../daemon/protocol/index.js';
 import { VERSION } from '../daemon/version.js';
+import type { DaemonRpc } from './tools/tool.js';
 
 /** How the daemon gets started when it is not running; injected so tests and the CLI share one implementation. */
 export interface Starter {
@@ -29,13 +30,17 @@ export interface LinkOptions {
   connect?: (socket: string, timeoutMs: number) => Promise<CwmClient>;
 }
 
-/** What CwmClient reports when a request is written to a connection that had already closed (so it never left). */
+/**
+ * How CwmClient reports a closed connection. A request written to a connection that had already closed never left
+ * ("the connection to cwmd is closed"); one pending when it closed may have run ("CONNECTION_LOST: ..."). Today both
+ * arrive as code INTERNAL (json-rpc-2.0 wraps them), so the messages are what tells them apart.
+ */
 const CLOSED_BEFORE_SEND = 'the connection to cwmd is closed';
 
 function connectionGone(err: unknown): 'not-sent' | 'lost' | null {
   if (!isCwmError(err)) return null;
   if (err.message === CLOSED_BEFORE_SEND) return 'not-sent';
-  return err.code === 'CONNECTION_LOST' ? 'lost' : null;
+  return err.code === 'CONNECTION_LOST' || err.message.startsWith('CONNECTION_LOST') ? 'lost' : null;
 }
 
 /** A daemon of another protocol version: say which side is older and what to run. */
@@ -76,7 +81,7 @@ function asMismatch(err: unknown): CwmError | null {
  * A call that finds the connection closed before its request left is sent again on a new connection; a call cut
  * off mid-way is retried only when the tool is read-only (a freeze must not run twice).
  */
-export class DaemonLink {
+export class DaemonLink implements DaemonRpc {
   private client: CwmClient | null = null;
   private opening: Promise<CwmClient> | null = null;
   private closed = false;

@@ -1,12 +1,17 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import type { Logger } from 'pino';
+import type { MethodName, ParamsOf, ResultOf } from '../../daemon/protocol/index.js';
 import { toolError } from '../errors.js';
-import type { DaemonLink } from '../link.js';
+
+/** What tools need from the daemon connection (DaemonLink in production, a fake in unit tests). */
+export interface DaemonRpc {
+  call<M extends MethodName>(method: M, params: ParamsOf<M>, opts: { readOnly: boolean }): Promise<ResultOf<M>>;
+}
 
 export interface ToolDeps {
   server: McpServer;
-  link: DaemonLink;
+  link: DaemonRpc;
   log: Logger;
 }
 
