@@ -74,9 +74,14 @@ export async function startDaemon(opts: StartOptions = {}): Promise<DaemonHandle
     if (proc.exitCode !== null) break;
     try {
       const c = await CwmClient.connect({ socket, connectTimeoutMs: 1000 });
+      const pid = c.hello?.pid;
       c.close();
-      ready = true;
-      break;
+      // Another daemon may already own this socket: only our own process counts as ready.
+      if (pid === proc.pid) {
+        ready = true;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 50));
     } catch {
       await new Promise((r) => setTimeout(r, 50));
     }
