@@ -140,13 +140,13 @@ export function renderTemplate(text: string, vars: Record<string, string>): stri
 export function systemdWord(s: string, exec = false): string {
   let v = s.replace(/%/g, '%%');
   if (exec) v = v.replace(/\$/g, '$$$$');
-  if (/^[A-Za-z0-9_/.:+,@=-]+$/.test(v)) return v;
+  if (/^[A-Za-z0-9_/.:+,@=%-]+$/.test(v)) return v;
   return `"${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
 }
 
 function systemdEnv(key: string, value: string): string {
   const v = `${key}=${value}`.replace(/%/g, '%%');
-  return /^[A-Za-z0-9_/.:+,@=-]+$/.test(v) ? `Environment=${v}` : `Environment="${v.replace(/(["\\])/g, '\\$1')}"`;
+  return /^[A-Za-z0-9_/.:+,@=%-]+$/.test(v) ? `Environment=${v}` : `Environment="${v.replace(/(["\\])/g, '\\$1')}"`;
 }
 
 export function xmlEscape(s: string): string {
