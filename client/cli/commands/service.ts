@@ -522,10 +522,18 @@ export async function startService(
       },
     );
   }
+  return { pid: await waitForService(svc, timeoutMs), already: false };
+}
+
+/** Wait until the service's daemon answers on its socket; its pid. */
+export async function waitForService(
+  svc: Pick<InstalledService, 'socket' | 'manager' | 'scope'>,
+  timeoutMs = SERVICE_READY_TIMEOUT_MS,
+): Promise<number> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     const up = await hello(svc.socket).catch(() => null);
-    if (up) return { pid: up.pid, already: false };
+    if (up) return up.pid;
     await new Promise((res) => setTimeout(res, 100));
   }
   throw new CwmError('TIMEOUT', `the cwmd service did not answer on ${svc.socket} within ${timeoutMs} ms`, {
@@ -650,19 +658,9 @@ export async function installAction(o: ServiceCliOpts, json: boolean): Promise<v
   }
   // launchd: bootout fails when the agent was not loaded yet, which is the normal case.
   await runAll(plan.install, host, (argv) => argv[1] === 'bootout');
-  let pid: number | null = null;
-  if (plan.socket) {
-    const svc: InstalledService = {
-      manager: plan.manager,
-      scope: plan.scope,
-      socketActivation: plan.socketActivation,
-      socket: plan.socket,
-      enabled: true,
-      files: plan.files.map((f) => f.path),
-    };
-    // With socket activation this first connection is what starts cwmd.
-    pid = (await startService(svc, host).catch(() => null))?.pid ?? null;
-  }
+  // enable --now started it; with socket activation this first connection is what starts cwmd.
+  const socket = plan.socket;
+  const pid = socket ? await waitForService({ ...plan, socket }).catch(() => null) : null;
   if (json) {
     printJson({ installed: true, files: plan.files.map((f) => f.path), unit: plan.unit, socket: plan.socket, pid });
     return;
