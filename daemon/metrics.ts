@@ -82,7 +82,7 @@ export class Metrics {
     });
     this.gatewayRecords = new Counter({
       name: 'cwm_gateway_records_total',
-      help: 'Gateway exchanges recorded into sessions, by outcome (ok, skipped, error)',
+      help: 'Gateway exchanges recorded into sessions, by outcome (ok, coalesced into a newer one, skipped, error)',
       labelNames: ['outcome'],
       registers,
     });
@@ -116,7 +116,7 @@ export class Metrics {
       this.autoFreezes.inc({ reason }, 0);
       if (reason !== 'threshold') this.underPressure.set({ reason }, 0);
     }
-    for (const outcome of ['ok', 'skipped', 'error']) this.gatewayRecords.inc({ outcome }, 0);
+    for (const outcome of ['ok', 'coalesced', 'skipped', 'error']) this.gatewayRecords.inc({ outcome }, 0);
     for (const outcome of ['ok', 'error']) this.monitorRuns.inc({ outcome }, 0);
     for (const outcome of ['ok', 'rejected']) this.configReloads.inc({ outcome }, 0);
   }

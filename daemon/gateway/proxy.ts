@@ -106,8 +106,19 @@ export function forward(input: ForwardInput): Promise<ForwardResult> {
       waitingDrain = false;
       controller?.resume();
     };
+    // Chunks that arrive in the same tick (one socket read holds many SSE events under load) go out in one write.
+    let corked = false;
+    const uncork = () => {
+      corked = false;
+      res.uncork();
+    };
     const write = (buf: Buffer) => {
       firstByteAt ??= performance.now();
+      if (!corked && !res.destroyed) {
+        corked = true;
+        res.cork();
+        process.nextTick(uncork);
+      }
       if (!res.write(buf) && !waitingDrain) {
         waitingDrain = true;
         controller?.pause();

@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.js';
 import type { ChatMessage } from '../protocol/index.js';
 import { isRecord } from '../protocol/index.js';
+import type { SessionRecord } from '../registry/records.js';
 import type { RecordInput, SessionService } from '../services/sessions.js';
 import type { Reply } from './capture.js';
 import type { RouteKind } from './routing.js';
@@ -47,12 +48,21 @@ export async function toRecordInput(x: Exchange, reply: Reply | null): Promise<R
   return { ...base, prompt: prompt as string | number[], ...(completion !== undefined ? { completion } : {}) };
 }
 
+interface Lane {
+  /** The newest exchange not yet recorded, and how many older ones it replaced. */
+  next: Exchange | null;
+  folded: number;
+  running: boolean;
+}
+
 /**
- * Records exchanges into their sessions after the response went out. One queue per session keeps turns in
- * the order their responses finished, so a fast next turn never gets overwritten by a slow previous one.
+ * Records exchanges into their sessions after the response went out, one at a time per session, in the order
+ * the responses finished. Each exchange carries the session's whole context, so when a session's turns arrive
+ * faster than they can be recorded, only the newest waiting one is written (counting the turns it replaced):
+ * the backlog never grows beyond one exchange per session, and the session still ends up exact.
  */
 export class Recorder {
-  private readonly queues = new Map<string, Promise<void>>();
+  private readonly lanes = new Map<string, Lane>();
   private pending = 0;
   private idleWaiters: (() => void)[] = [];
 
@@ -60,35 +70,56 @@ export class Recorder {
     private readonly sessions: SessionService,
     private readonly log: Logger,
     private readonly metrics: Metrics,
-    private readonly onRecorded: (session: string) => void = () => {},
+    private readonly onRecorded: (record: SessionRecord) => void = () => {},
   ) {}
 
+  /** Exchanges waiting or being written. */
   get inFlight(): number {
     return this.pending;
   }
 
   enqueue(x: Exchange): void {
-    this.pending++;
-    const prev = this.queues.get(x.session) ?? Promise.resolve();
-    const next = prev.then(() => this.run(x));
-    this.queues.set(x.session, next);
-    void next.finally(() => {
-      if (this.queues.get(x.session) === next) this.queues.delete(x.session);
+    let lane = this.lanes.get(x.session);
+    if (!lane) {
+      lane = { next: null, folded: 0, running: false };
+      this.lanes.set(x.session, lane);
+    }
+    if (lane.next !== null) {
+      lane.folded++;
       this.pending--;
-      if (this.pending === 0) for (const w of this.idleWaiters.splice(0)) w();
-    });
+      this.metrics.gatewayRecords.inc({ outcome: 'coalesced' });
+    }
+    lane.next = x;
+    this.pending++;
+    if (!lane.running) void this.drainLane(x.session, lane);
   }
 
-  private async run(x: Exchange): Promise<void> {
+  private async drainLane(session: string, lane: Lane): Promise<void> {
+    lane.running = true;
+    while (lane.next !== null) {
+      const x = lane.next;
+      const turns = 1 + lane.folded;
+      lane.next = null;
+      lane.folded = 0;
+      await this.run(x, turns);
+      this.pending--;
+    }
+    lane.running = false;
+    this.lanes.delete(session);
+    if (this.pending === 0) for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  private async run(x: Exchange, turns: number): Promise<void> {
     try {
       const input = await toRecordInput(x, x.reply());
       if (!input) {
         this.metrics.gatewayRecords.inc({ outcome: 'skipped' });
         return;
       }
-      await this.sessions.record(input, 'gateway');
+      if (turns > 1) input.turns = turns;
+      const record = await this.sessions.record(input, 'gateway');
       this.metrics.gatewayRecords.inc({ outcome: 'ok' });
-      this.onRecorded(x.session);
+      this.onRecorded(record);
     } catch (err) {
       this.metrics.gatewayRecords.inc({ outcome: 'error' });
       this.log.warn({ err, session: x.session }, 'could not record a gateway exchange into its session');

@@ -23,6 +23,9 @@ const MAX_CAPTURE_BYTES = 32 * 1024 * 1024;
 /** Upstream header/body timeouts: generous, since a non-streaming completion only answers when it is done. */
 const UPSTREAM_TIMEOUT_MS = 600_000;
 const PENDING_LINEAGE_MAX = 10_000;
+/** Session records are re-read from the registry at most this often per session (the salt never changes). */
+const SESSION_CACHE_MS = 1000;
+const SESSION_CACHE_MAX = 10_000;
 
 export interface GatewayDeps {
   ctx: ServiceContext;
@@ -68,6 +71,7 @@ export class Gateway {
   private readonly engineUrl: string;
   /** Lineage roots chosen for sessions whose first request is still in flight (created when recorded). */
   private readonly pendingLineage = new Map<string, string>();
+  private readonly sessionCache = new Map<string, { record: SessionRecord; at: number }>();
   private readonly active = new Set<ServerResponse>();
   private closing: Promise<void> | null = null;
   url = '';
@@ -82,8 +86,9 @@ export class Gateway {
     // Its own pool, not the backend's: a stream holds its connection for the whole generation, so the
     // gateway must not be capped at the backend's few control connections (vLLM batches what it is sent).
     this.pool = new Pool(engine.origin, { connections: null, pipelining: 1, keepAliveTimeout: 30_000 });
-    this.recorder = new Recorder(deps.sessions, deps.log, deps.ctx.metrics, (session) => {
-      this.pendingLineage.delete(session);
+    this.recorder = new Recorder(deps.sessions, deps.log, deps.ctx.metrics, (record) => {
+      this.pendingLineage.delete(record.id);
+      this.remember(record);
     });
   }
 
@@ -207,10 +212,25 @@ export class Gateway {
     });
   }
 
+  private remember(record: SessionRecord): void {
+    this.sessionCache.delete(record.id);
+    if (this.sessionCache.size >= SESSION_CACHE_MAX) {
+      const oldest = this.sessionCache.keys().next();
+      if (oldest.done !== true) this.sessionCache.delete(oldest.value);
+    }
+    this.sessionCache.set(record.id, { record, at: performance.now() });
+  }
+
   /** The session's lineage root: from the registry, or chosen now for a session that does not exist yet. */
   private async lineageOf(id: string): Promise<{ record: SessionRecord | null; lineageRoot: string }> {
+    const hit = this.sessionCache.get(id);
+    if (hit && performance.now() - hit.at < SESSION_CACHE_MS)
+      return { record: hit.record, lineageRoot: hit.record.lineageRoot };
     const record = await this.deps.ctx.reg.getSession(id);
-    if (record) return { record, lineageRoot: record.lineageRoot };
+    if (record) {
+      this.remember(record);
+      return { record, lineageRoot: record.lineageRoot };
+    }
     let root = this.pendingLineage.get(id);
     if (root === undefined) {
       root = newLineageRoot();

@@ -16,8 +16,22 @@ export function eventEnd(buf: Buffer, from: number): number {
   return b + 4;
 }
 
+const DATA_PREFIX = Buffer.from('data: ');
+
 /** The JSON payload of one event (its `data:` lines joined), or null for [DONE], comments and junk. */
 export function eventData(ev: Buffer | string): unknown {
+  if (typeof ev !== 'string') {
+    // The common shape, one `data: {json}` line: parse it in place.
+    const n = ev.length;
+    const end = ev[n - 2] === 13 ? n - 4 : n - 2;
+    if (ev.indexOf(DATA_PREFIX) === 0 && ev[6] === 123 && ev.indexOf(10, 6) === end) {
+      try {
+        return JSON.parse(ev.toString('utf8', 6, end)) as unknown;
+      } catch {
+        return null;
+      }
+    }
+  }
   const text = typeof ev === 'string' ? ev : ev.toString('utf8');
   let data = '';
   let any = false;

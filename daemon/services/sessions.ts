@@ -36,6 +36,8 @@ export interface RecordInput {
   tokenIds?: number[] | undefined;
   /** Lineage root for a session created by this call (the gateway picks it before the first request's salt). */
   lineageRoot?: string | undefined;
+  /** Turns this record stands for (default 1; the gateway folds turns it coalesced under load into one record). */
+  turns?: number | undefined;
 }
 
 export function newSessionRecord(
@@ -133,7 +135,7 @@ export class SessionService {
       s.kind = kind;
       s.tokens = tokenIds?.length ?? usageTokens ?? s.tokens;
       s.maxModelLen = maxModelLen ?? s.maxModelLen;
-      s.turns += 1;
+      s.turns += input.turns ?? 1;
       s.updatedAt = now;
       s.lastUsedAt = now;
       s.lastUsage = input.usage ?? s.lastUsage;

@@ -192,6 +192,10 @@ describe('monitor: live config', () => {
     assert.equal((await t.c.call('autofreeze.get')).policy.threshold, 0.2, 'still the last good value');
     const show = await cwm(t.d, ['config', 'show']);
     assert.match(show.stdout, /last config error \(still using the previous config\): .*autoFreeze\.threshold/);
+    const doctor = await cwm(t.d, ['doctor']);
+    assert.equal(doctor.code, 1);
+    assert.match(doctor.stdout, /FAIL {2}config \(daemon\): .*autoFreeze\.threshold/);
+    assert.match(doctor.stdout, /fix: fix the named key/);
     const audit = await t.c.call('audit.list', { action: 'config.reload' });
     assert.equal(audit.events[0]?.outcome, 'error');
     const logLine = fs

@@ -1,7 +1,11 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import type { Logger } from 'pino';
 import { Capture, replyFromJson, replyFromSse } from '../../daemon/gateway/capture.js';
-import { toRecordInput } from '../../daemon/gateway/recorder.js';
+import { type Exchange, Recorder, toRecordInput } from '../../daemon/gateway/recorder.js';
+import { Metrics } from '../../daemon/metrics.js';
+import type { SessionRecord } from '../../daemon/registry/records.js';
+import type { RecordInput, SessionService } from '../../daemon/services/sessions.js';
 
 const ev = (o: unknown) => `data: ${JSON.stringify(o)}\n\n`;
 const usage = {
@@ -119,5 +123,42 @@ describe('gateway record input', () => {
       { message: null, text: 'x', usage: null },
     );
     assert.deepEqual(ids?.prompt, [1, 2, 3]);
+  });
+});
+
+describe('gateway recorder', () => {
+  it('records a session in order, folding turns that queue up behind a slow write into the newest', async () => {
+    const writes: { messages: unknown; turns: number | undefined }[] = [];
+    let release: () => void = () => {};
+    const fakeSessions = {
+      record: async (input: RecordInput) => {
+        writes.push({ messages: input.messages, turns: input.turns });
+        if (writes.length === 1) await new Promise<void>((r) => (release = r));
+        return { id: input.session } as SessionRecord;
+      },
+    } as unknown as SessionService;
+    const log = { warn: () => {} } as unknown as Logger;
+    const rec = new Recorder(fakeSessions, log, new Metrics());
+    const x = (n: number): Exchange => ({
+      session: 's',
+      kind: 'chat',
+      request: { model: 'm', messages: [{ role: 'user', content: `turn ${n}` }] },
+      reply: () => null,
+      lineageRoot: 'r',
+      defaultModel: async () => 'm',
+    });
+    rec.enqueue(x(1));
+    await new Promise((r) => setImmediate(r));
+    rec.enqueue(x(2));
+    rec.enqueue(x(3));
+    rec.enqueue(x(4));
+    assert.equal(rec.inFlight, 2);
+    release();
+    await rec.drain(5000);
+    assert.equal(rec.inFlight, 0);
+    assert.deepEqual(writes, [
+      { messages: [{ role: 'user', content: 'turn 1' }], turns: undefined },
+      { messages: [{ role: 'user', content: 'turn 4' }], turns: 3 },
+    ]);
   });
 });

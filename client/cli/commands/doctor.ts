@@ -64,6 +64,24 @@ export function registerDoctor(program: Command): void {
         const s = await client.call('daemon.status');
         add('daemon', true, `running (pid ${s.pid}, version ${s.version})`);
         add('data dir', true, `${s.dataDir} (${s.counts.windows} windows, ${s.counts.sessions} sessions)`);
+        // The file may be valid now and still not be what the daemon runs on: a rejected edit, or a restart pending.
+        const cfg = await client.call('config.show');
+        if (cfg.lastError) {
+          add(
+            'config (daemon)',
+            false,
+            `the daemon rejected the last edit of ${cfg.file} and keeps the previous config: ${cfg.lastError}`,
+            'fix the named key; the daemon reloads the file when it is saved',
+          );
+        }
+        if (cfg.pendingRestart.length > 0) {
+          add(
+            'config (daemon)',
+            false,
+            `changed in ${cfg.file} but only applied after a restart: ${cfg.pendingRestart.join(', ')}`,
+            'restart the daemon: `cwm daemon stop` then `cwm daemon start`',
+          );
+        }
         const h = await client.call('health.check', {});
         for (const c of h.components) {
           if (c.name === 'registry') continue;
