@@ -158,18 +158,21 @@ describe('cwm-mcp server (in memory, fake daemon)', () => {
     assert.equal(rpc.calls.length, before);
   });
 
-  it('a CwmError becomes an isError result with the message and the hint, and its code under _meta', async () => {
+  it('a CwmError becomes an isError result with the message and a hint in tool terms, and its code under _meta', async () => {
     rpc.answers.set(
       'window.get',
-      new CwmError('WINDOW_NOT_FOUND', 'no window named "nope"', { hint: 'list windows with window_list' }),
+      new CwmError('WINDOW_NOT_FOUND', 'no window named "nope"', { hint: 'list windows with `cwm windows`' }),
     );
     const r = await client.callTool({ name: 'window_status', arguments: { window_name: 'nope' } });
     assert.equal(r.isError, true);
     assert.equal(r.structuredContent, undefined, 'no structured content on errors (clients validate it)');
-    assert.match(text(r), /^Error \(WINDOW_NOT_FOUND\): no window named "nope"\nHint: list windows with window_list/);
+    assert.match(
+      text(r),
+      /^Error \(WINDOW_NOT_FOUND\): no window named "nope"\nHint: call window_list to see the window names/,
+    );
     assert.deepEqual((r._meta as Record<string, unknown>)['cwm/error'], {
       code: 'WINDOW_NOT_FOUND',
-      hint: 'list windows with window_list',
+      hint: 'call window_list to see the window names',
       retryable: false,
     });
   });
