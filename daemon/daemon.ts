@@ -5,6 +5,7 @@ import type { EngineBackend } from './backends/types.js';
 import { VllmBackend } from './backends/vllm/backend.js';
 import { type LoadedConfig, loadConfig, restartNeeded } from './config.js';
 import { Gateway } from './gateway/index.js';
+import { bundleMethods } from './methods/bundle.js';
 import { daemonMethods } from './methods/daemon.js';
 import { opsMethods } from './methods/ops.js';
 import { sessionMethods } from './methods/session.js';
@@ -179,6 +180,7 @@ export class Daemon {
       ...daemonMethods({ status: () => this.status(), shutdown: (reason) => void this.stop(reason) }),
       ...sessionMethods(this.ctx, this.sessions),
       ...windowMethods(this.ctx, this.windows),
+      ...bundleMethods(this.ctx, this.windows),
       ...opsMethods(this),
     };
     return this.cachedHandlers;

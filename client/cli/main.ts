@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
 import { VERSION } from '../../daemon/version.js';
+import { registerBundle } from './commands/bundle.js';
 import { registerDaemon, statusAction } from './commands/daemon.js';
 import { registerDoctor } from './commands/doctor.js';
 import { registerOps } from './commands/ops.js';
@@ -23,6 +24,7 @@ program
   .action(async (_o: unknown, cmd: Command) => statusAction(cmd));
 registerSessions(program);
 registerWindows(program);
+registerBundle(program);
 registerOps(program);
 registerDoctor(program);
 registerService(program);

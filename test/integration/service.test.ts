@@ -175,6 +175,7 @@ describe('cwm service install|uninstall|status --dry-run (works everywhere)', ()
     assert.equal(plan.files[0]?.path, path.join(sys.dir, 'home', 'Library/LaunchAgents/com.cwm.daemon.plist'));
     assert.equal(plan.install.at(-1)?.[1], 'bootstrap');
     if (!hasTool('python3')) {
+      if (process.env.CI) assert.fail('python3 is missing (plistlib parses the plist): apt-get install -y python3');
       t.skip('python3 is not installed');
       return;
     }
