@@ -29,6 +29,27 @@ const RETRYABLE_CODES = new Set([
   'UND_ERR_CONNECT_TIMEOUT',
 ]);
 
+/** A request body that is already JSON text (for bodies built around a large, pre-serialised token list). */
+export class RawJson {
+  constructor(readonly text: string) {}
+}
+
+const tokenJsonCache = new WeakMap<readonly number[], string>();
+
+/**
+ * `{...fields, [key]: tokens}` as JSON text. The token list is serialised once per array and reused, because one
+ * freeze or thaw sends the same 100k-token prompt to several endpoints (lookup, prefill, pin).
+ */
+export function jsonWithTokens(fields: Record<string, unknown>, key: string, tokens: readonly number[]): RawJson {
+  let t = tokenJsonCache.get(tokens);
+  if (t === undefined) {
+    t = JSON.stringify(tokens);
+    tokenJsonCache.set(tokens, t);
+  }
+  const head = JSON.stringify(fields);
+  return new RawJson(`${head.length > 2 ? `${head.slice(0, -1)},` : '{'}${JSON.stringify(key)}:${t}}`);
+}
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
@@ -98,7 +119,7 @@ export class EngineHttp {
           method,
           path,
           headers: this.headers(),
-          body: body === undefined ? null : JSON.stringify(body),
+          body: body === undefined ? null : body instanceof RawJson ? body.text : JSON.stringify(body),
           headersTimeout: timeout,
           bodyTimeout: timeout,
         });

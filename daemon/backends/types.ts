@@ -102,5 +102,7 @@ export interface EngineBackend {
   releaseKv(input: KvReleaseInput): Promise<{ cleared: number; warnings: string[] }>;
   /** Fields the gateway adds to a request body for this session (cache_salt for vLLM, id_slot for llama.cpp). */
   decorateRequest(body: Record<string, unknown>, ctx: { salt: string; session: SessionRecord }): Promise<void>;
+  /** The engine slot a session is bound to right now (llama.cpp), kept on SessionRecord.slot when it records. */
+  slotOf?(session: string): number | null;
   close(): Promise<void>;
 }

@@ -1,6 +1,6 @@
 import type { Handlers } from '../server/rpc-server.js';
 import type { ServiceContext } from '../services/context.js';
-import { type SessionService, toSessionInfo } from '../services/sessions.js';
+import { resolveSessionData, type SessionService, toSessionInfo } from '../services/sessions.js';
 
 export function sessionMethods(ctx: ServiceContext, sessions: SessionService): Handlers {
   return {
@@ -11,7 +11,7 @@ export function sessionMethods(ctx: ServiceContext, sessions: SessionService): H
       const s = await sessions.get(p.session);
       const info = toSessionInfo(s);
       if (!p.messages) return info;
-      const data = (await ctx.reg.getSessionData(s.id)) ?? {};
+      const data = await resolveSessionData(ctx.reg, (await ctx.reg.getSessionData(s.id)) ?? {});
       return {
         ...info,
         ...(data.messages ? { messages: data.messages } : {}),

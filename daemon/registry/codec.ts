@@ -9,31 +9,56 @@ const FORMAT_VARINT_DEFLATE = 2;
 const FORMAT_PACKED = 3;
 const FORMAT_PACKED_DEFLATE = 4;
 
-/** Fixed-width bit packing at the width of the largest id: 15 bits for a 32k vocabulary, 17 for 128k. */
+/**
+ * Fixed-width bit packing at the width of the largest id: 15 bits for a 32k vocabulary, 17 for 128k.
+ * The accumulator stays below 2^40, well inside a double's exact range, so plain arithmetic is safe for 32-bit ids.
+ */
 function pack(ids: readonly number[]): Buffer {
   let max = 0;
   for (const id of ids) if (id > max) max = id;
   const width = Math.max(1, 32 - Math.clz32(max));
   const out = Buffer.alloc(1 + Math.ceil((ids.length * width) / 8));
   out[0] = width;
-  let bit = 0;
+  const scale = 2 ** width;
+  let acc = 0;
+  let bits = 0;
+  let o = 1;
+  let mul = 1;
   for (const id of ids) {
-    for (let b = 0; b < width; b++, bit++)
-      if ((id >>> b) & 1) out[1 + (bit >> 3)] = (out[1 + (bit >> 3)] as number) | (1 << (bit & 7));
+    acc += id * mul;
+    bits += width;
+    mul *= scale;
+    while (bits >= 8) {
+      out[o++] = acc % 256;
+      acc = Math.floor(acc / 256);
+      mul /= 256;
+      bits -= 8;
+    }
   }
+  if (bits > 0) out[o] = acc;
   return out;
 }
 
-function unpack(buf: Buffer): number[] {
+function unpack(buf: Buffer, count: number): number[] {
   const width = buf[0] ?? 0;
   if (width < 1 || width > 32) throw new Error(`corrupt chunk: bad bit width ${width}`);
-  const count = Math.floor(((buf.length - 1) * 8) / width);
-  const ids: number[] = [];
-  let bit = 0;
-  for (let i = 0; i < count; i++) {
-    let v = 0;
-    for (let b = 0; b < width; b++, bit++) if (((buf[1 + (bit >> 3)] as number) >> (bit & 7)) & 1) v |= 1 << b;
-    ids.push(v >>> 0);
+  if ((buf.length - 1) * 8 < count * width) throw new Error('corrupt chunk: truncated packed ids');
+  const scale = 2 ** width;
+  const ids = new Array<number>(count);
+  let acc = 0;
+  let bits = 0;
+  let mul = 1;
+  let i = 1;
+  for (let n = 0; n < count; n++) {
+    while (bits < width) {
+      acc += (buf[i++] as number) * mul;
+      mul *= 256;
+      bits += 8;
+    }
+    ids[n] = acc % scale;
+    acc = Math.floor(acc / scale);
+    mul /= scale;
+    bits -= width;
   }
   return ids;
 }
@@ -58,12 +83,12 @@ function readVarints(buf: Buffer): number[] {
   let shift = 0;
   for (let i = 0; i < buf.length; i++) {
     const b = buf[i] as number;
-    v |= (b & 0x7f) << shift;
+    v += (b & 0x7f) * 2 ** shift;
     if (b & 0x80) {
       shift += 7;
       if (shift > 28) throw new Error('corrupt chunk: varint too long');
     } else {
-      ids.push(v >>> 0);
+      ids.push(v);
       v = 0;
       shift = 0;
     }
@@ -90,6 +115,15 @@ export function encodeTokens(ids: readonly number[]): Buffer {
   return Buffer.concat([Buffer.of(best[0]), best[1]]);
 }
 
+/** A fast, uncompressed encoding for long token lists kept in JSON records (a session's exact context). */
+export function packTokensBase64(ids: readonly number[]): string {
+  return Buffer.concat([Buffer.of(FORMAT_PACKED), writeVarints([ids.length]), pack(ids)]).toString('base64');
+}
+
+export function unpackTokensBase64(b64: string): number[] {
+  return decodeTokens(Buffer.from(b64, 'base64'));
+}
+
 function readPacked(body: Buffer): number[] {
   let count = 0;
   let shift = 0;
@@ -101,9 +135,7 @@ function readPacked(body: Buffer): number[] {
     shift += 7;
     if (shift > 28) throw new Error('corrupt chunk: bad count');
   }
-  const ids = unpack(body.subarray(i + 1));
-  if (ids.length < count) throw new Error('corrupt chunk: truncated packed ids');
-  return ids.slice(0, count);
+  return unpack(body.subarray(i + 1), count);
 }
 
 export function decodeTokens(buf: Buffer): number[] {

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { Level } from 'level';
 import type { Logger } from 'pino';
 import { CwmError } from '../protocol/index.js';
+import { packTokensBase64, unpackTokensBase64 } from './codec.js';
 import { Mutex } from './mutex.js';
 import type { SessionData, SessionRecord, WindowData, WindowRecord } from './records.js';
 
@@ -162,7 +163,17 @@ export class Registry {
   }
 
   async getSessionData(id: string): Promise<SessionData | undefined> {
-    return (await this.sessionData.get(id)) as SessionData | undefined;
+    const raw = (await this.sessionData.get(id)) as (Omit<SessionData, 'tokenIds'> & { tokens?: string }) | undefined;
+    if (!raw) return undefined;
+    const { tokens, ...rest } = raw;
+    return tokens === undefined ? rest : { ...rest, tokenIds: unpackTokensBase64(tokens) };
+  }
+
+  /** A put of session data in its storage form (see SessionData). */
+  sessionDataOp(id: string, data: SessionData): BatchOp {
+    const { tokenIds, ...rest } = data;
+    const value = tokenIds === undefined ? rest : { ...rest, tokens: packTokensBase64(tokenIds) };
+    return { type: 'put', sublevel: this.sessionData, key: id, value };
   }
 
   async getWindow(name: string): Promise<WindowRecord | undefined> {

@@ -22,13 +22,21 @@ export interface SessionRecord {
   autoFrozenAt: string | null;
 }
 
-/** The exact conversation of a session, kept apart from the record so listing stays cheap. */
+/**
+ * The exact conversation of a session, kept apart from the record so listing stays cheap. In storage the token
+ * ids are bit-packed base64 (`tokens`), which is several times smaller and faster than a JSON number array.
+ */
 export interface SessionData {
   messages?: ChatMessage[];
   prompt?: string | number[];
   completion?: string;
   /** Exact token ids when a backend (or the gateway) knows them; otherwise freeze tokenizes the messages. */
   tokenIds?: number[];
+  /**
+   * A thawed session starts as exactly its window's context: instead of copying a possibly 100k-token context,
+   * it points at the window until its next recorded turn replaces the data.
+   */
+  fromWindow?: string;
 }
 
 export interface StateFileRecord {

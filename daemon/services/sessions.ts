@@ -1,10 +1,20 @@
 import type { ChatMessage, SessionInfo, SessionState, Usage } from '../protocol/index.js';
 import { CwmError } from '../protocol/index.js';
-import type { BatchOp } from '../registry/db.js';
+import type { BatchOp, Registry } from '../registry/db.js';
 import type { SessionData, SessionRecord } from '../registry/records.js';
 import type { AuditActor } from './audit.js';
 import { nowIso, type ServiceContext } from './context.js';
 import { newLineageRoot } from './salts.js';
+
+/** Session data with a thawed session's window reference resolved to the window's messages or prompt. */
+export async function resolveSessionData(reg: Registry, data: SessionData): Promise<SessionData> {
+  if (!data.fromWindow) return data;
+  const wdata = (await reg.getWindowData(data.fromWindow)) ?? {};
+  const out: SessionData = { ...data };
+  if (wdata.messages) out.messages = wdata.messages;
+  if (wdata.prompt !== undefined) out.prompt = wdata.prompt;
+  return out;
+}
 
 export function toSessionInfo(s: SessionRecord): SessionInfo {
   return {
@@ -140,9 +150,11 @@ export class SessionService {
       s.lastUsedAt = now;
       s.lastUsage = input.usage ?? s.lastUsage;
       if (s.state !== 'ended') s.state = 'active';
+      // Engines with slots (llama.cpp) report where the session runs now, so the binding survives a daemon restart.
+      if (this.ctx.backend.slotOf) s.slot = this.ctx.backend.slotOf(s.id);
       const ops: BatchOp[] = [
         { type: 'put', sublevel: this.ctx.reg.sessions, key: s.id, value: s },
-        { type: 'put', sublevel: this.ctx.reg.sessionData, key: s.id, value: data },
+        this.ctx.reg.sessionDataOp(s.id, data),
       ];
       const deltas = new Map<string, number>();
       if (!existing) {

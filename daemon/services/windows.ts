@@ -8,7 +8,7 @@ import type { SessionData, SessionRecord, WindowData, WindowRecord } from '../re
 import type { AuditActor } from './audit.js';
 import { nowIso, type ServiceContext, saltFor } from './context.js';
 import { createdKey, indexOps, modelPrefix, nameFromIndexKey } from './indexes.js';
-import { newSessionRecord, type SessionService } from './sessions.js';
+import { newSessionRecord, resolveSessionData, type SessionService } from './sessions.js';
 
 interface ChunkRef {
   n: number;
@@ -80,7 +80,8 @@ export class WindowService {
 
   async tokensOf(w: WindowRecord): Promise<number[]> {
     const bufs = (await this.ctx.reg.chunks.getMany(w.chunkHashes)) as (Buffer | undefined)[];
-    const out: number[] = [];
+    const out = new Array<number>(w.tokens);
+    let o = 0;
     for (let i = 0; i < bufs.length; i++) {
       const b = bufs[i];
       if (!b) {
@@ -88,24 +89,35 @@ export class WindowService {
           hint: 'run `cwm doctor --registry` to check the registry',
         });
       }
-      for (const id of decodeTokens(b)) out.push(id);
+      const ids = decodeTokens(b);
+      for (let j = 0; j < ids.length; j++) out[o++] = ids[j] as number;
+    }
+    if (o !== w.tokens) {
+      throw new CwmError('REGISTRY_CORRUPT', `window "${w.name}" holds ${o} tokens in its chunks, not ${w.tokens}`, {
+        hint: 'run `cwm doctor --registry` to check the registry',
+      });
     }
     return out;
   }
 
   private async contextTokens(s: SessionRecord, data: SessionData): Promise<number[]> {
     if (data.tokenIds && data.tokenIds.length > 0) return data.tokenIds;
-    return this.sessions.tokenize(s.model, data);
+    if (data.fromWindow) {
+      const w = await this.ctx.reg.getWindow(data.fromWindow);
+      if (w) return this.tokensOf(w);
+    }
+    return this.sessions.tokenize(s.model, await resolveSessionData(this.ctx.reg, data));
   }
 
   async freeze(input: FreezeInput, actor: AuditActor = 'rpc', extraTags: string[] = []) {
     const t0 = performance.now();
     const session = await this.sessions.get(input.session);
     if (await this.ctx.reg.getWindow(input.name)) throw windowExists(input.name);
-    const data = (await this.ctx.reg.getSessionData(session.id)) ?? {};
+    const stored = (await this.ctx.reg.getSessionData(session.id)) ?? {};
+    const data = await resolveSessionData(this.ctx.reg, stored);
     const tTok = performance.now();
-    const tokens = await this.contextTokens(session, data);
-    let engineMs = data.tokenIds ? 0 : performance.now() - tTok;
+    const tokens = await this.contextTokens(session, stored);
+    let engineMs = stored.tokenIds || stored.fromWindow ? 0 : performance.now() - tTok;
     if (tokens.length === 0) {
       throw new CwmError('INVALID_STATE', `session "${session.id}" has no context to freeze`, {
         hint: 'record at least one turn first',
@@ -310,7 +322,6 @@ export class WindowService {
     }
     warnings.push(...kv.warnings);
     session.slot = kv.slot;
-    const wdata = (await this.ctx.reg.getWindowData(w.name)) ?? {};
     return this.ctx.reg.mutex.run(async () => {
       const reg = this.ctx.reg;
       if (await reg.getSession(sessionId)) {
@@ -320,11 +331,9 @@ export class WindowService {
       }
       const current = await reg.getWindow(w.name);
       const ops: BatchOp[] = [];
-      const data: SessionData = { tokenIds: tokens };
-      if (wdata.messages) data.messages = wdata.messages;
-      if (wdata.prompt !== undefined) data.prompt = wdata.prompt;
+      const data: SessionData = { fromWindow: w.name };
       ops.push({ type: 'put', sublevel: reg.sessions, key: session.id, value: session });
-      ops.push({ type: 'put', sublevel: reg.sessionData, key: session.id, value: data });
+      ops.push(reg.sessionDataOp(session.id, data));
       if (current && kv.warmed) {
         current.residency = kv.residency;
         current.residencyCheckedAt = nowIso();

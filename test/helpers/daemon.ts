@@ -42,6 +42,8 @@ export interface StartOptions {
   /** Engine URL; defaults to a closed port so tests that need no engine never reach one by accident. */
   engineUrl?: string;
   gateway?: string | null;
+  /** Extra node flags (e.g. --cpu-prof) before the daemon script. */
+  nodeArgs?: string[];
 }
 
 /** Start the real compiled cwmd on a temp socket + temp data dir and wait until it answers daemon.hello. */
@@ -62,7 +64,10 @@ export async function startDaemon(opts: StartOptions = {}): Promise<DaemonHandle
     CWM_GATEWAY: opts.gateway === undefined ? 'off' : (opts.gateway ?? 'off'),
     ...opts.env,
   };
-  const proc = spawn(process.execPath, [CWMD, ...(opts.args ?? [])], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  const proc = spawn(process.execPath, [...(opts.nodeArgs ?? []), CWMD, ...(opts.args ?? [])], {
+    env,
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   let err = '';
   proc.stderr?.on('data', (d: Buffer) => {
     err += d.toString('utf8');

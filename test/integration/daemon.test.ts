@@ -281,11 +281,12 @@ describe('cwmd start, stop, restart', () => {
 
   it('daemon.shutdown answers first, then stops with exit 0', async () => {
     const d = await startDaemon();
+    const exited = new Promise((resolve) => d.proc.once('exit', (code) => resolve(code)));
     const c = await d.client();
     const r = await c.call('daemon.shutdown', { reason: 'test' });
     assert.deepEqual(r, { stopping: true });
     c.close();
-    assert.equal(await new Promise((resolve) => d.proc.once('exit', resolve)), 0);
+    assert.equal(await exited, 0, d.stderr());
   });
 
   it('refuses a socket directory that others can write to, and a socket path that is too long', async () => {

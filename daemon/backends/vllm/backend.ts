@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../../config.js';
 import type { ChatMessage, Residency } from '../../protocol/index.js';
 import { CwmError } from '../../protocol/index.js';
-import { EngineHttp } from '../http.js';
+import { EngineHttp, jsonWithTokens } from '../http.js';
 import { maxOf, parsePrometheus, sumOf } from '../prometheus.js';
 import type {
   EngineBackend,
@@ -148,7 +148,7 @@ export class VllmBackend implements EngineBackend {
     const r = await this.http.json<CompletionResponse>(
       'POST',
       '/v1/completions',
-      { model, prompt: tokens, max_tokens: 1, temperature: 0, cache_salt: salt },
+      jsonWithTokens({ model, max_tokens: 1, temperature: 0, cache_salt: salt }, 'prompt', tokens),
       // A completion is not idempotent in cost; still safe to retry on refused connections (nothing was processed).
       { retry: true },
     );
@@ -190,12 +190,15 @@ export class VllmBackend implements EngineBackend {
     const warnings: string[] = [];
     const n = input.tokens.length;
     let residencyByTier: Record<string, number> | null = null;
+    let lookupMs = 0;
     if (this.lmcache) {
+      const tl = performance.now();
       try {
         residencyByTier = (await this.lmcache.lookup(input.tokens, input.salt)).byTier;
       } catch (err) {
         warnings.push(`LMCache residency unknown: ${(err as Error).message}`);
       }
+      lookupMs = performance.now() - tl;
     }
     if (!input.warm) {
       return {
@@ -204,7 +207,7 @@ export class VllmBackend implements EngineBackend {
         recomputedTokens: 0,
         maxCacheableTokens: maxCacheable(n, this.blockSize),
         ttftMs: null,
-        engineMs: 0,
+        engineMs: lookupMs,
         residency: input.window.residency,
         residencyByTier,
         slot: null,
@@ -215,7 +218,7 @@ export class VllmBackend implements EngineBackend {
     const before = this.reportsCached === false ? await this.metrics().catch(() => null) : null;
     const t0 = performance.now();
     const first = await this.prefill(input.window.model, input.tokens, input.salt);
-    const engineMs = performance.now() - t0;
+    const engineMs = performance.now() - t0 + lookupMs;
     this.reportsCached = first.cached !== null;
     let cached = first.cached;
     if (cached === null) {

@@ -1,4 +1,4 @@
-import { EngineHttp } from '../http.js';
+import { EngineHttp, jsonWithTokens } from '../http.js';
 
 export interface LookupResult {
   /** Longest matched prefix in tokens, over all instances. */
@@ -25,10 +25,11 @@ export class LmcacheController {
   }
 
   async lookup(tokens: number[], salt: string): Promise<LookupResult> {
-    const r = await this.http.json<{ layout_info?: Record<string, [string, number]> }>('POST', '/lookup', {
-      tokens,
-      cache_salt: salt,
-    });
+    const r = await this.http.json<{ layout_info?: Record<string, [string, number]> }>(
+      'POST',
+      '/lookup',
+      jsonWithTokens({ cache_salt: salt }, 'tokens', tokens),
+    );
     const byTier: Record<string, number> = {};
     let matched = 0;
     let location: string | null = null;
@@ -44,33 +45,30 @@ export class LmcacheController {
   }
 
   async pin(tokens: number[], salt: string, location: string): Promise<number> {
-    const r = await this.http.json<{ num_tokens?: number }>('POST', '/pin', {
-      instance_id: this.instanceId,
-      location,
-      tokens,
-      cache_salt: salt,
-    });
+    const r = await this.http.json<{ num_tokens?: number }>(
+      'POST',
+      '/pin',
+      jsonWithTokens({ instance_id: this.instanceId, location, cache_salt: salt }, 'tokens', tokens),
+    );
     return r.body.num_tokens ?? 0;
   }
 
   async unpin(tokens: number[], salt: string, location: string): Promise<number> {
-    const r = await this.http.json<{ num_tokens?: number }>('POST', '/unpin', {
-      instance_id: this.instanceId,
-      location,
-      tokens,
-      cache_salt: salt,
-    });
+    const r = await this.http.json<{ num_tokens?: number }>(
+      'POST',
+      '/unpin',
+      jsonWithTokens({ instance_id: this.instanceId, location, cache_salt: salt }, 'tokens', tokens),
+    );
     return r.body.num_tokens ?? 0;
   }
 
   /** Clear the chunks of this token prefix that are not pinned by anyone else. */
   async clear(tokens: number[], salt: string, location: string): Promise<number> {
-    const r = await this.http.json<{ num_tokens?: number }>('POST', '/clear', {
-      instance_id: this.instanceId,
-      location,
-      tokens,
-      cache_salt: salt,
-    });
+    const r = await this.http.json<{ num_tokens?: number }>(
+      'POST',
+      '/clear',
+      jsonWithTokens({ instance_id: this.instanceId, location, cache_salt: salt }, 'tokens', tokens),
+    );
     return r.body.num_tokens ?? 0;
   }
 

@@ -1,0 +1,278 @@
+/**
+ * bench/windows: freeze and thaw at 1K/8K/32K/128K tokens against the simulator (daemon time separated from engine
+ * time), bytes stored per token, and window.list pages over 100,000 windows.
+ * Targets: daemon-side freeze at 8K < 50 ms; thaw overhead beyond the engine < 20 ms; <= 2 bytes per token;
+ * a filtered list page over 100k windows < 20 ms.
+ * Run: npm run build && npx tsx bench/windows.ts   (BENCH_LIST_WINDOWS=N to change the 100,000)
+ */
+import path from 'node:path';
+import { pino } from 'pino';
+import type { EngineBackend } from '../daemon/backends/types.js';
+import { loadConfig } from '../daemon/config.js';
+import { Metrics } from '../daemon/metrics.js';
+import { loadOrCreateSecret, Registry } from '../daemon/registry/db.js';
+import { AuditLog } from '../daemon/services/audit.js';
+import { SessionService } from '../daemon/services/sessions.js';
+import { WindowService } from '../daemon/services/windows.js';
+import { conversation } from '../test/helpers/conversation.js';
+import { startDaemon, tempDir } from '../test/helpers/daemon.js';
+import { startSimulator } from '../test/sim/index.js';
+import { hr, median, printTable, stats, writeResults } from './lib.js';
+
+const MODEL = 'sim/llama-3-8b-instruct';
+const SIZES = [1024, 8192, 32768, 131072];
+const REPS = Number(process.env.BENCH_REPS ?? 5);
+const LIST_WINDOWS = Number(process.env.BENCH_LIST_WINDOWS ?? 100_000);
+
+async function freezeThaw() {
+  const sim = await startSimulator({
+    maxModelLen: 262_144,
+    gpuBlocks: 40_000,
+    lmcacheCpuChunks: 4096,
+    lmcacheDiskChunks: 4096,
+  });
+  const d = await startDaemon({ engineUrl: sim.url, env: { CWM_LMCACHE_URL: sim.lmcacheUrl, CWM_LOG_LEVEL: 'warn' } });
+  const c = await d.client();
+  const rows: Record<string, unknown>[] = [];
+  try {
+    for (const size of SIZES) {
+      const freeze: { total: number; engine: number; daemon: number }[] = [];
+      const thaw: { total: number; engine: number; overhead: number; cached: number; recomputed: number }[] = [];
+      let tokens = 0;
+      let bytes = 0;
+      for (let rep = 0; rep < REPS; rep++) {
+        const session = `s${size}-${rep}`;
+        // distinct text per rep, so every freeze stores and prefills new content
+        const rec = await c.call(
+          'session.record',
+          { session, model: MODEL, messages: conversation(size, size + rep) },
+          { timeoutMs: 120_000 },
+        );
+        tokens = rec.tokens;
+        const f = await c.call('window.freeze', { session, name: `w${size}-${rep}` }, { timeoutMs: 120_000 });
+        freeze.push({ total: f.durationMs, engine: f.engineMs, daemon: f.durationMs - f.engineMs });
+        bytes = f.bytesStored;
+        sim.evictGpu();
+        const t0 = process.hrtime.bigint();
+        const t = await c.call('window.thaw', { name: `w${size}-${rep}` }, { timeoutMs: 120_000 });
+        const clientMs = hr(t0);
+        thaw.push({
+          total: clientMs,
+          engine: t.engineMs,
+          overhead: clientMs - t.engineMs,
+          cached: t.cachedTokens,
+          recomputed: t.recomputedTokens,
+        });
+      }
+      rows.push({
+        tokens,
+        freezeTotalMs: median(freeze.map((x) => x.total)),
+        freezeEngineMs: median(freeze.map((x) => x.engine)),
+        freezeDaemonMs: median(freeze.map((x) => x.daemon)),
+        thawTotalMs: median(thaw.map((x) => x.total)),
+        thawEngineMs: median(thaw.map((x) => x.engine)),
+        thawOverheadMs: median(thaw.map((x) => x.overhead)),
+        cachedTokens: median(thaw.map((x) => x.cached)),
+        recomputedTokens: median(thaw.map((x) => x.recomputed)),
+        bytesPerToken: bytes / tokens,
+      });
+    }
+  } finally {
+    c.close();
+    await d.stop();
+    await sim.close();
+  }
+  return rows;
+}
+
+/** A stand-in engine for filling a registry fast: the list benchmark measures the registry, not the engine. */
+function offlineBackend(): EngineBackend {
+  const none = async () => null;
+  return {
+    kind: 'vllm',
+    url: 'offline',
+    lmcacheUrl: null,
+    models: async () => [{ id: MODEL, maxModelLen: 32768 }],
+    version: async () => 'offline',
+    tokenizeChat: async () => [],
+    tokenizePrompt: async () => [],
+    metrics: async () => ({
+      kvUsage: null,
+      prefixCacheQueries: null,
+      prefixCacheHits: null,
+      externalPrefixCacheHits: null,
+      requestsRunning: null,
+      requestsWaiting: null,
+      blockSize: null,
+    }),
+    health: async () => ({ ok: true, latencyMs: 0, message: 'offline' }),
+    lmcacheHealth: none,
+    freezeKv: async () => ({
+      pinned: false,
+      cached: false,
+      residency: 'unknown',
+      stateFile: null,
+      engineMs: 0,
+      warnings: [],
+    }),
+    thawKv: async () => {
+      throw new Error('offline');
+    },
+    retainKv: async () => ({ pinned: false, warnings: [] }),
+    releaseKv: async () => ({ cleared: 0, warnings: [] }),
+    decorateRequest: async () => {},
+    close: async () => {},
+  };
+}
+
+async function fillRegistry(dataDir: string, n: number): Promise<number> {
+  const log = pino({ level: 'silent' });
+  const reg = await Registry.open(path.join(dataDir, 'registry'), log);
+  const cfg = loadConfig(path.join(dataDir, 'none.json'), {});
+  const ctx = {
+    reg,
+    backend: offlineBackend(),
+    audit: new AuditLog(reg),
+    log,
+    metrics: new Metrics(),
+    secret: loadOrCreateSecret(dataDir),
+    cfg: () => cfg,
+  };
+  const sessions = new SessionService(ctx);
+  const windows = new WindowService(ctx, sessions);
+  const t0 = process.hrtime.bigint();
+  const SESSIONS = 200;
+  for (let s = 0; s < SESSIONS; s++) {
+    const ids = Array.from({ length: 300 + (s % 50) }, (_, i) => (i * 7919 + s) % 128_000);
+    await sessions.record({
+      session: `bench-${s}`,
+      model: s % 3 === 0 ? 'sim/other' : MODEL,
+      messages: [{ role: 'user', content: `s${s}` }],
+      tokenIds: ids,
+    });
+  }
+  const CONCURRENCY = 16;
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: CONCURRENCY }, async () => {
+      for (;;) {
+        const i = next++;
+        if (i >= n) return;
+        await windows.freeze({
+          session: `bench-${i % SESSIONS}`,
+          name: `win-${i.toString().padStart(6, '0')}`,
+          description: i % 1000 === 0 ? `milestone ${i}` : `window ${i}`,
+          tags: [`tag-${i % 10}`, ...(i % 100 === 0 ? ['rare'] : [])],
+          prefill: false,
+        });
+      }
+    }),
+  );
+  const ms = hr(t0);
+  await reg.close();
+  return ms;
+}
+
+async function listBench() {
+  const dir = tempDir('cwm-list');
+  const fillMs = await fillRegistry(path.join(dir, 'data'), LIST_WINDOWS);
+  process.stdout.write(`filled ${LIST_WINDOWS} windows in ${(fillMs / 1000).toFixed(1)} s\n`);
+  const d = await startDaemon({ dir, env: { CWM_LOG_LEVEL: 'warn' } });
+  const c = await d.client();
+  const cases: [string, Parameters<typeof c.call<'window.list'>>[1]][] = [
+    ['newest page, no filter', { limit: 20 }],
+    ['filter tag (10% of windows)', { tags: ['tag-3'], limit: 20 }],
+    ['filter tag (1%), page 3', { tags: ['rare'], limit: 20, offset: 40 }],
+    ['filter model', { model: MODEL, limit: 20 }],
+    ['filter session', { session: 'bench-7', limit: 20 }],
+    ['sort by name, offset 1000', { sort: 'name', order: 'asc', limit: 20, offset: 1000 }],
+    ['two tags (slow path)', { tags: ['tag-0', 'rare'], limit: 20 }],
+    ['search text (slow path, full scan)', { search: 'milestone 5', limit: 20 }],
+  ];
+  const rows: Record<string, unknown>[] = [];
+  try {
+    for (const [label, params] of cases) {
+      const slow = label.includes('slow path');
+      const runs = slow ? 5 : 50;
+      const samples: number[] = [];
+      let total = 0;
+      for (let i = 0; i < runs + 3; i++) {
+        const t0 = process.hrtime.bigint();
+        const r = await c.call('window.list', params, { timeoutMs: 120_000 });
+        if (i >= 3) samples.push(hr(t0));
+        total = r.total;
+      }
+      const s = stats(samples);
+      rows.push({ case: label, total, p50Ms: s.p50, p99Ms: s.p99 });
+    }
+  } finally {
+    c.close();
+    await d.stop();
+  }
+  return { fillMs, rows };
+}
+
+const ft = await freezeThaw();
+printTable(
+  `freeze / thaw against the simulator (median of ${REPS}; thaw after GPU eviction, KV loaded from LMCache)`,
+  [
+    'tokens',
+    'freeze ms',
+    'engine ms',
+    'daemon ms',
+    'thaw ms',
+    'engine ms',
+    'overhead ms',
+    'cached',
+    'recomputed',
+    'bytes/token',
+  ],
+  ft.map((r) => [
+    String(r.tokens),
+    r.freezeTotalMs as number,
+    r.freezeEngineMs as number,
+    r.freezeDaemonMs as number,
+    r.thawTotalMs as number,
+    r.thawEngineMs as number,
+    r.thawOverheadMs as number,
+    String(r.cachedTokens),
+    String(r.recomputedTokens),
+    r.bytesPerToken as number,
+  ]),
+);
+const list = await listBench();
+printTable(
+  `window.list over ${LIST_WINDOWS} windows (client round trip)`,
+  ['case', 'total', 'p50 ms', 'p99 ms'],
+  list.rows.map((r) => [r.case as string, String(r.total), r.p50Ms as number, r.p99Ms as number]),
+);
+const at8k = ft.find((r) => (r.tokens as number) >= 8000 && (r.tokens as number) < 9000) ?? ft[1];
+const filtered = list.rows.filter((r) => (r.case as string).startsWith('filter'));
+const targets = {
+  freezeDaemonMsAt8k: { value: at8k?.freezeDaemonMs, target: '< 50', met: (at8k?.freezeDaemonMs as number) < 50 },
+  thawOverheadMsMax: {
+    value: Math.max(...ft.map((r) => r.thawOverheadMs as number)),
+    target: '< 20',
+    met: ft.every((r) => (r.thawOverheadMs as number) < 20),
+  },
+  bytesPerTokenMax: {
+    value: Math.max(...ft.map((r) => r.bytesPerToken as number)),
+    target: '<= 2',
+    met: ft.every((r) => (r.bytesPerToken as number) <= 2),
+  },
+  filteredListP50MsMax: {
+    value: Math.max(...filtered.map((r) => r.p50Ms as number)),
+    target: '< 20',
+    met: filtered.every((r) => (r.p50Ms as number) < 20),
+  },
+};
+printTable(
+  'targets',
+  ['target', 'value', 'goal', 'met'],
+  Object.entries(targets).map(([k, v]) => [k, v.value as number, v.target, v.met ? 'yes' : 'NO']),
+);
+writeResults('windows', {
+  freezeThaw: ft,
+  list: { windows: LIST_WINDOWS, fillMs: list.fillMs, cases: list.rows },
+  targets,
+});
