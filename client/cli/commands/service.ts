@@ -35,12 +35,16 @@ export interface Host {
   root: string;
 }
 
-/** Walk up from this module to the package root (works from dist/ and, under tsx, from the sources). */
+/** Walk up from this module to cwm's package root (works from dist/ and, under tsx, from the sources). */
 export function packageRoot(from: string = fileURLToPath(import.meta.url)): string {
   let dir = path.dirname(from);
   for (;;) {
-    const pkg = path.join(dir, 'package.json');
-    if (fs.existsSync(pkg) && fs.existsSync(path.join(dir, 'systemd'))) return dir;
+    try {
+      const pkg = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name?: unknown };
+      if (pkg.name === 'cwm') return dir;
+    } catch {
+      // no (readable) package.json here: keep walking up
+    }
     const up = path.dirname(dir);
     if (up === dir) throw new CwmError('INTERNAL', `cannot find the cwm package root above ${from}`);
     dir = up;
@@ -198,7 +202,7 @@ function template(host: Host, rel: string): string {
 /** Render the files and commands for this platform and scope. Pure apart from reading the templates. */
 export function planService(opts: PlanOptions, host: Host, sandbox = userNamespacesAvailable()): ServicePlan {
   const manager = managerFor(host.platform);
-  const docs = `file://${path.join(host.root, 'docs', 'SERVICE.md')}`;
+  const docs = `file://${encodeURI(path.join(host.root, 'docs', 'SERVICE.md'))}`.replace(/%/g, '%%');
   const paths = resolvePaths({}, { ...host.env, CWM_SOCKET: undefined }, host.platform, host.home);
   const execStart = [host.execPath, daemonMain(host)].map((w) => systemdWord(w, true)).join(' ');
   const runAs = opts.runAs ?? host.env.SUDO_USER ?? host.user;
