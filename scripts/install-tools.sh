@@ -5,6 +5,15 @@
 # Everything comes from the npm registry; nothing is downloaded from anywhere else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# systemd-analyze checks the shipped unit files (Debian's systemd package; nothing runs, only the verifier is used)
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing systemd (for systemd-analyze verify)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd) >&2
+  else
+    echo "note: systemd-analyze is missing; install Debian's systemd package for the unit-file tests" >&2
+  fi
+fi
 NODE24_VERSION=24.21.0
 INSPECTOR_VERSION=2.12.0
 PREFIX=.cache/tools

@@ -173,7 +173,8 @@ describe('windows on vLLM + LMCache (simulator)', () => {
     assert.equal(t.residency, 'lost');
     assert.ok(t.warnings.some((x) => /recomputed/.test(x)));
     const warm = sim.requests(1, { path: '/v1/completions' })[0];
-    assert.deepEqual((warm?.body as CompletionBody).prompt, exact);
+    assert.ok(warm);
+    assert.deepEqual((warm.body as CompletionBody).prompt, exact);
     assert.equal((await c.call('window.get', { name: 'w8k' })).residency, 'lost');
     // the recompute stored the KV again: re-freezing the thawed session pins it again
     const again = await c.call('window.freeze', { session: 'big-cold', name: 'w8k-again' });
