@@ -159,18 +159,28 @@ export class VllmBackend implements EngineBackend {
   async freezeKv(input: KvFreezeInput): Promise<KvFreezeResult> {
     const warnings: string[] = [];
     let engineMs = 0;
+    // Engine time is the HTTP exchange itself: the argument (and its serialisation) is evaluated before timing starts.
+    const timed = async <T>(call: Promise<T>): Promise<T> => {
+      const t0 = performance.now();
+      try {
+        return await call;
+      } finally {
+        engineMs += performance.now() - t0;
+      }
+    };
     const n = input.tokens.length;
     const wantChunks = Math.floor(n / LMCACHE_CHUNK) * LMCACHE_CHUNK;
     if (this.lmcache) {
-      let look = await this.lmcache.lookup(input.tokens, input.salt);
+      const lm = this.lmcache;
+      let look = await timed(lm.lookup(input.tokens, input.salt));
       if (look.matched < wantChunks && input.prefill) {
-        engineMs += (await this.prefill(input.model, input.tokens, input.salt)).ms;
-        look = await this.lmcache.lookup(input.tokens, input.salt);
+        await timed(this.prefill(input.model, input.tokens, input.salt));
+        look = await timed(lm.lookup(input.tokens, input.salt));
       } else if (look.matched < wantChunks) {
         warnings.push('prefill skipped: the KV cache for this context is not resident; thaw will recompute it');
       }
       let pinned = 0;
-      for (const tier of TIERS) pinned += await this.lmcache.pin(input.tokens, input.salt, tier);
+      for (const tier of TIERS) pinned += await timed(lm.pin(input.tokens, input.salt, tier));
       if (wantChunks > 0 && pinned === 0) warnings.push('LMCache holds none of this context: nothing was pinned');
       const residency: Residency = look.matched >= wantChunks ? 'ready' : look.matched > 0 ? 'partial' : 'lost';
       return { pinned: pinned > 0, cached: look.matched > 0, residency, stateFile: null, engineMs, warnings };
@@ -179,7 +189,7 @@ export class VllmBackend implements EngineBackend {
       warnings.push('prefill skipped and no LMCache controller: the window is not cached; thaw will recompute it');
       return { pinned: false, cached: false, residency: 'unknown', stateFile: null, engineMs, warnings };
     }
-    engineMs += (await this.prefill(input.model, input.tokens, input.salt)).ms;
+    await timed(this.prefill(input.model, input.tokens, input.salt));
     warnings.push(
       'no LMCache controller configured (engine.lmcacheUrl): the KV exists but is not pinned and may be evicted',
     );
