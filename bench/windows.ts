@@ -5,17 +5,9 @@
  * a filtered list page over 100k windows < 20 ms.
  * Run: npm run build && npx tsx bench/windows.ts   (BENCH_LIST_WINDOWS=N to change the 100,000)
  */
-import path from 'node:path';
-import { pino } from 'pino';
-import type { EngineBackend } from '../daemon/backends/types.js';
-import { loadConfig } from '../daemon/config.js';
-import { Metrics } from '../daemon/metrics.js';
-import { loadOrCreateSecret, Registry } from '../daemon/registry/db.js';
-import { AuditLog } from '../daemon/services/audit.js';
-import { SessionService } from '../daemon/services/sessions.js';
-import { WindowService } from '../daemon/services/windows.js';
 import { conversation } from '../test/helpers/conversation.js';
 import { startDaemon, tempDir } from '../test/helpers/daemon.js';
+import { openOffline } from '../test/helpers/offline-backend.js';
 import { startSimulator } from '../test/sim/index.js';
 import { hr, median, printTable, stats, writeResults } from './lib.js';
 
@@ -85,61 +77,8 @@ async function freezeThaw() {
   return rows;
 }
 
-/** A stand-in engine for filling a registry fast: the list benchmark measures the registry, not the engine. */
-function offlineBackend(): EngineBackend {
-  const none = async () => null;
-  return {
-    kind: 'vllm',
-    url: 'offline',
-    lmcacheUrl: null,
-    models: async () => [{ id: MODEL, maxModelLen: 32768 }],
-    version: async () => 'offline',
-    tokenizeChat: async () => [],
-    tokenizePrompt: async () => [],
-    metrics: async () => ({
-      kvUsage: null,
-      prefixCacheQueries: null,
-      prefixCacheHits: null,
-      externalPrefixCacheHits: null,
-      requestsRunning: null,
-      requestsWaiting: null,
-      blockSize: null,
-    }),
-    health: async () => ({ ok: true, latencyMs: 0, message: 'offline' }),
-    lmcacheHealth: none,
-    freezeKv: async () => ({
-      pinned: false,
-      cached: false,
-      residency: 'unknown',
-      stateFile: null,
-      engineMs: 0,
-      warnings: [],
-    }),
-    thawKv: async () => {
-      throw new Error('offline');
-    },
-    retainKv: async () => ({ pinned: false, warnings: [] }),
-    releaseKv: async () => ({ cleared: 0, warnings: [] }),
-    decorateRequest: async () => {},
-    close: async () => {},
-  };
-}
-
 async function fillRegistry(dataDir: string, n: number): Promise<number> {
-  const log = pino({ level: 'silent' });
-  const reg = await Registry.open(path.join(dataDir, 'registry'), log);
-  const cfg = loadConfig(path.join(dataDir, 'none.json'), {});
-  const ctx = {
-    reg,
-    backend: offlineBackend(),
-    audit: new AuditLog(reg),
-    log,
-    metrics: new Metrics(),
-    secret: loadOrCreateSecret(dataDir),
-    cfg: () => cfg,
-  };
-  const sessions = new SessionService(ctx);
-  const windows = new WindowService(ctx, sessions);
+  const { sessions, windows, close } = await openOffline(dataDir);
   const t0 = process.hrtime.bigint();
   const SESSIONS = 200;
   for (let s = 0; s < SESSIONS; s++) {
@@ -169,13 +108,13 @@ async function fillRegistry(dataDir: string, n: number): Promise<number> {
     }),
   );
   const ms = hr(t0);
-  await reg.close();
+  await close();
   return ms;
 }
 
 async function listBench() {
   const dir = tempDir('cwm-list');
-  const fillMs = await fillRegistry(path.join(dir, 'data'), LIST_WINDOWS);
+  const fillMs = await fillRegistry(`${dir}/data`, LIST_WINDOWS);
   process.stdout.write(`filled ${LIST_WINDOWS} windows in ${(fillMs / 1000).toFixed(1)} s\n`);
   const d = await startDaemon({ dir, env: { CWM_LOG_LEVEL: 'warn' } });
   const c = await d.client();
