@@ -190,16 +190,34 @@ export class Daemon {
   private async startServices(): Promise<void> {
     const cfg = this.cfg.config;
     if (cfg.gateway.listen) {
-      const gw = await Gateway.start(
+      // A non-loopback address is a config error and stops the start; a port that is taken is not: the daemon
+      // runs, reports the gateway as down (status, health, doctor) and keeps trying to bind it.
+      const gw = Gateway.create(
         { ctx: this.ctx, sessions: this.sessions, log: this.log.child({ component: 'gateway' }) },
         cfg.gateway.listen,
       );
-      this.gatewayInfo = { url: gw.url, listening: true };
+      let retry: NodeJS.Timeout | null = null;
+      let warned = false;
+      const bind = async () => {
+        retry = null;
+        try {
+          const url = await gw.listen();
+          this.gatewayInfo = { url, listening: true };
+          this.log.info({ url }, 'gateway listening');
+        } catch (err) {
+          this.gatewayInfo = { url: `http://${gw.listenAddress}`, listening: false };
+          if (!warned) this.log.error({ err: (err as Error).message }, 'gateway not listening; retrying every 5 s');
+          warned = true;
+          retry = setTimeout(() => void bind(), 5000);
+          retry.unref();
+        }
+      };
+      await bind();
       this.onStop(async () => {
+        if (retry) clearTimeout(retry);
         if (this.gatewayInfo) this.gatewayInfo.listening = false;
         await gw.close(this.cfg.config.daemon.shutdownGraceMs);
       });
-      this.log.info({ url: gw.url }, 'gateway listening');
     }
     this.metrics.addCollector(async () => {
       this.metrics.windows.set(await this.reg.count('c!'));

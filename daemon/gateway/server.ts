@@ -79,6 +79,7 @@ export class Gateway {
   private constructor(
     private readonly deps: GatewayDeps,
     private readonly server: Server,
+    readonly listenAddress: string,
   ) {
     const engine = new URL(deps.ctx.backend.url);
     this.engineUrl = deps.ctx.backend.url;
@@ -92,10 +93,11 @@ export class Gateway {
     });
   }
 
-  static async start(deps: GatewayDeps, listen: string): Promise<Gateway> {
-    const addr = checkLoopback(listen);
+  /** A gateway for `listen` (refused unless it is a loopback address); call listen() to bind it. */
+  static create(deps: GatewayDeps, listen: string): Gateway {
+    checkLoopback(listen);
     const server = createServer({ keepAliveTimeout: 30_000, noDelay: true });
-    const gw = new Gateway(deps, server);
+    const gw = new Gateway(deps, server, listen);
     server.on('request', (req: IncomingMessage, res: ServerResponse) => {
       void gw.handle(req, res);
     });
@@ -103,25 +105,34 @@ export class Gateway {
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
       else socket.destroy();
     });
+    return gw;
+  }
+
+  /** Bind the listen address; a CwmError says why it could not (the port is taken, no permission). */
+  async listen(): Promise<string> {
+    const addr = checkLoopback(this.listenAddress);
     await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(addr.port, addr.host, () => {
-        server.off('error', reject);
+      this.server.once('error', reject);
+      this.server.listen(addr.port, addr.host, () => {
+        this.server.off('error', reject);
         resolve();
       });
-    }).catch(async (err: NodeJS.ErrnoException) => {
-      await gw.pool.close().catch(() => {});
+    }).catch((err: NodeJS.ErrnoException) => {
       throw new CwmError(
         'INVALID_STATE',
-        `the gateway cannot listen on ${listen}: ${err.code ?? err.message}${err.code === 'EADDRINUSE' ? ' (the port is in use)' : ''}`,
+        `the gateway cannot listen on ${this.listenAddress}: ${err.code ?? err.message}${err.code === 'EADDRINUSE' ? ' (the port is in use)' : ''}`,
         {
-          hint: 'pick another gateway.listen port (--gateway, CWM_GATEWAY), or turn the gateway off with --gateway off',
+          hint: 'free the port, or pick another gateway.listen (--gateway, CWM_GATEWAY); --gateway off turns the gateway off',
         },
       );
     });
-    const bound = server.address() as AddressInfo;
-    gw.url = urlOf(bound.address, bound.port);
-    return gw;
+    const bound = this.server.address() as AddressInfo;
+    this.url = urlOf(bound.address, bound.port);
+    return this.url;
+  }
+
+  get listening(): boolean {
+    return this.server.listening;
   }
 
   get inFlight(): number {
@@ -293,7 +304,9 @@ export class Gateway {
   /** Stop accepting, let running requests finish (bounded), cut the rest, then flush pending records. */
   close(graceMs: number): Promise<void> {
     this.closing ??= (async () => {
-      const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+      const closed = this.server.listening
+        ? new Promise<void>((resolve) => this.server.close(() => resolve()))
+        : Promise.resolve();
       this.server.closeIdleConnections();
       const deadline = Date.now() + graceMs;
       while (this.active.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));

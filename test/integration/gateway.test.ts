@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import OpenAI from 'openai';
 import type { CwmClient } from '../../client/rpc-client.js';
 import { SESSION_ID_RULE } from '../../daemon/protocol/index.js';
-import { type DaemonHandle, startDaemon } from '../helpers/daemon.js';
+import { cwm, type DaemonHandle, startDaemon } from '../helpers/daemon.js';
 import { type Simulator, startSimulator } from '../sim/index.js';
 
 type Json = Record<string, unknown>;
@@ -359,7 +360,7 @@ describe('gateway: auth, upstream failure, listen address', () => {
     await sim?.close();
   });
 
-  it('requires the bearer token when one is configured, and does not forward it', async () => {
+  it('requires the bearer token when one is configured', async () => {
     const noToken = await fetch(`${gw}/v1/models`);
     assert.equal(noToken.status, 401);
     assert.equal(noToken.headers.get('www-authenticate'), 'Bearer');
@@ -392,6 +393,26 @@ describe('gateway: auth, upstream failure, listen address', () => {
       assert.match(metrics, /cwm_engine_errors_total\{code="ENGINE_UNAVAILABLE"\} [1-9]/);
     } finally {
       await down.stop();
+    }
+  });
+
+  it('runs with the gateway down while its port is taken, and binds it once the port is free', async () => {
+    const blocker = net.createServer();
+    await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', () => r()));
+    const port = (blocker.address() as net.AddressInfo).port;
+    const d2 = await startDaemon({ gateway: `127.0.0.1:${port}`, config: { autoFreeze: { enabled: false } } });
+    try {
+      const c = await d2.client();
+      assert.deepEqual((await c.call('daemon.status')).gateway, { url: `http://127.0.0.1:${port}`, listening: false });
+      const doctor = await cwm(d2, ['doctor']);
+      assert.match(doctor.stdout, /FAIL {2}gateway: down/);
+      await new Promise<void>((r) => blocker.close(() => r()));
+      await waitFor('the gateway to bind', async () => (await c.call('daemon.status')).gateway?.listening, 15_000);
+      assert.equal((await fetch(`http://127.0.0.1:${port}/metrics`)).status, 200);
+      c.close();
+    } finally {
+      if (blocker.listening) blocker.close();
+      await d2.stop();
     }
   });
 

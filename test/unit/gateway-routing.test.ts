@@ -3,6 +3,7 @@ import { describe, it } from 'node:test';
 import { bearerOk } from '../../daemon/gateway/auth.js';
 import { GatewayError } from '../../daemon/gateway/errors.js';
 import { checkLoopback, isLoopbackHost, parseListen } from '../../daemon/gateway/listen.js';
+import { upstreamHeaders } from '../../daemon/gateway/proxy.js';
 import { rewriteRequest } from '../../daemon/gateway/rewrite.js';
 import { resolveRoute } from '../../daemon/gateway/routing.js';
 import { SESSION_ID_RULE } from '../../daemon/protocol/index.js';
@@ -140,5 +141,27 @@ describe('gateway body rewrite', () => {
       rewriteRequest(Buffer.from('[1]'), 'replace', decorate),
       (e: GatewayError) => e.status === 400,
     );
+  });
+});
+
+describe('gateway upstream headers', () => {
+  it('drops hop-by-hop headers, the session header and what the gateway replaces', () => {
+    const h = upstreamHeaders(
+      {
+        host: 'gw',
+        connection: 'keep-alive',
+        'transfer-encoding': 'chunked',
+        'x-cwm-session': 's1',
+        authorization: 'Bearer gateway-token',
+        'content-type': 'application/json',
+        'x-request-id': 'r1',
+      },
+      { drop: new Set(['host', 'x-cwm-session', 'authorization']), set: { authorization: 'Bearer engine-key' } },
+    );
+    assert.deepEqual(h, {
+      'content-type': 'application/json',
+      'x-request-id': 'r1',
+      authorization: 'Bearer engine-key',
+    });
   });
 });
