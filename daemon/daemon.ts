@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import { LlamaCppBackend } from './backends/llamacpp/backend.js';
 import type { EngineBackend } from './backends/types.js';
 import { VllmBackend } from './backends/vllm/backend.js';
 import { type LoadedConfig, loadConfig, restartNeeded } from './config.js';
@@ -44,8 +45,9 @@ export interface DaemonOptions {
 export function createBackend(cfg: LoadedConfig, log: Logger): EngineBackend {
   const engine = cfg.config.engine;
   if (engine.kind === 'vllm') return new VllmBackend(engine, log.child({ component: 'vllm' }));
+  if (engine.kind === 'llamacpp') return new LlamaCppBackend(engine, log.child({ component: 'llamacpp' }));
   throw new CwmError('UNSUPPORTED', `engine.kind "${engine.kind}" is not available in this build`, {
-    hint: 'use engine.kind "vllm"',
+    hint: 'use engine.kind "vllm" or "llamacpp"',
   });
 }
 
