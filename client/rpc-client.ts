@@ -57,7 +57,7 @@ export class CwmClient {
     private readonly callTimeoutMs: number,
   ) {
     this.rpc = new JSONRPCClient((payload) => {
-      if (this.closed) throw new CwmError('CONNECTION_LOST', 'the connection to cwmd is closed');
+      if (this.closed) throw new CwmError('CONNECTION_LOST', 'CONNECTION_LOST: the connection to cwmd is closed');
       sock.write(`${JSON.stringify(payload)}\n`);
     });
     const decoder = new LineDecoder(DEFAULT_MAX_LINE_BYTES * 4);
@@ -142,6 +142,13 @@ export class CwmClient {
 
 function toClientError(err: unknown, method: string, socket: string): CwmError {
   if (err instanceof CwmError) return err;
+  const text = err instanceof Error ? err.message : String(err);
+  // The connection closed before or while the call was answered (the library reports both as a plain rejection).
+  if (text.includes('CONNECTION_LOST')) {
+    return new CwmError('CONNECTION_LOST', `cwmd on ${socket} closed the connection during ${method}`, {
+      hint: 'the daemon may have stopped or restarted; check `cwm daemon status` (a write may or may not have happened)',
+    });
+  }
   if (err instanceof JSONRPCErrorException) {
     if (err.code === 0 && err.message.startsWith('TIMEOUT:')) {
       return new CwmError('TIMEOUT', `${method} did not finish within ${err.message.slice(8)} ms`, {
@@ -150,13 +157,7 @@ function toClientError(err: unknown, method: string, socket: string): CwmError {
     }
     return CwmError.fromRpc({ code: err.code, message: err.message, data: err.data });
   }
-  const msg = err instanceof Error ? err.message : String(err);
-  if (msg.startsWith('CONNECTION_LOST')) {
-    return new CwmError('CONNECTION_LOST', `cwmd on ${socket} closed the connection during ${method}`, {
-      hint: 'the daemon may have stopped or restarted; check `cwm daemon status`',
-    });
-  }
-  return new CwmError('INTERNAL', msg, { hint: null });
+  return new CwmError('INTERNAL', text, { hint: null });
 }
 
 /** Connect, make one call, close. */

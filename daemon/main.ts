@@ -102,12 +102,6 @@ try {
   fail((err as Error).message, 'see the log file for details');
 }
 
-const stopWatching = await watchConfig(daemon).catch((err: unknown) => {
-  log.warn({ err }, 'config file is not watched');
-  return async () => {};
-});
-daemon.onStop(stopWatching);
-
 for (const sig of ['SIGTERM', 'SIGINT'] as const) {
   process.on(sig, () => {
     void daemon.stop(`signal ${sig}`);
@@ -116,6 +110,13 @@ for (const sig of ['SIGTERM', 'SIGINT'] as const) {
 process.on('SIGHUP', () => {
   daemon.reloadConfig();
 });
+
+const stopWatching = await watchConfig(daemon).catch((err: unknown) => {
+  log.warn({ err }, 'config file is not watched');
+  return async () => {};
+});
+daemon.onStop(stopWatching);
+
 
 await daemon.stopped;
 flush();

@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CwmError } from './protocol/index.js';
@@ -35,6 +36,21 @@ function userName(): string {
   }
 }
 
+/**
+ * The runtime dir systemd-logind gives a user (/run/user/<uid>), for processes started without XDG_RUNTIME_DIR
+ * (cron, some editors): without this, they would look for the socket in /tmp and miss the daemon.
+ */
+function loginRuntimeDir(): string | undefined {
+  if (typeof process.getuid !== 'function') return undefined;
+  const dir = `/run/user/${process.getuid()}`;
+  try {
+    const st = fs.statSync(dir);
+    return st.isDirectory() && st.uid === process.getuid() ? dir : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 function uidSuffix(): string {
   return typeof process.getuid === 'function' ? String(process.getuid()) : userName();
 }
@@ -69,9 +85,8 @@ export function resolvePaths(
     dataDir = path.join(env.XDG_DATA_HOME || path.join(home, '.local', 'share'), 'cwm');
     configFile = path.join(env.XDG_CONFIG_HOME || path.join(home, '.config'), 'cwm', 'config.json');
     logFile = path.join(env.XDG_STATE_HOME || path.join(home, '.local', 'state'), 'cwm', 'cwmd.log');
-    socket = env.XDG_RUNTIME_DIR
-      ? path.join(env.XDG_RUNTIME_DIR, 'cwm', 'cwmd.sock')
-      : path.join('/tmp', `cwm-${uidSuffix()}`, 'cwmd.sock');
+    const runtime = env.XDG_RUNTIME_DIR || (env === process.env ? loginRuntimeDir() : undefined);
+    socket = runtime ? path.join(runtime, 'cwm', 'cwmd.sock') : path.join('/tmp', `cwm-${uidSuffix()}`, 'cwmd.sock');
   }
   return {
     dataDir: overrides.dataDir ?? env.CWM_DATA_DIR ?? dataDir,
