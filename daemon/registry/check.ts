@@ -1,7 +1,7 @@
 import { indexOps, windowIndexKeys } from '../services/indexes.js';
 import { decodeTokens } from './codec.js';
 import type { BatchOp, Registry } from './db.js';
-import type { WindowRecord } from './records.js';
+import type { SessionRecord, WindowRecord } from './records.js';
 
 export interface Problem {
   kind: string;
@@ -107,7 +107,19 @@ export async function checkRegistry(reg: Registry, repair: boolean) {
   for (const key of expectedIdx)
     if (!actualIdx.has(key)) problems.push({ kind: 'index-missing', key, message: `index entry ${key} is missing` });
   let sessions = 0;
-  for await (const _ of reg.sessions.keys()) sessions++;
+  for await (const [id, v] of reg.sessions.iterator()) {
+    sessions++;
+    // A thawed session may read its context from its window (SessionData.fromWindow): that window must exist.
+    if ((v as SessionRecord).sourceWindow === null) continue;
+    const data = await reg.getSessionData(id);
+    if (data?.fromWindow !== undefined && !names.has(data.fromWindow)) {
+      problems.push({
+        kind: 'session-context',
+        key: id,
+        message: `session "${id}" reads its context from window "${data.fromWindow}", which is missing`,
+      });
+    }
+  }
   expectedCounts.set('sessions', sessions);
   expectedCounts.set('chunks', expectedRefs.size);
   expectedCounts.set('tokens', tokenTotal);

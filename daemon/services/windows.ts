@@ -42,6 +42,14 @@ export function toWindowInfo(w: WindowRecord): WindowInfo {
   };
 }
 
+/** A thawed session's context as its own data (exact tokens plus the window's messages or prompt). */
+function ownContext(tokens: number[], wdata: WindowData): SessionData {
+  const data: SessionData = { tokenIds: tokens };
+  if (wdata.messages) data.messages = wdata.messages;
+  if (wdata.prompt !== undefined) data.prompt = wdata.prompt;
+  return data;
+}
+
 export function windowNotFound(name: string): CwmError {
   return new CwmError('WINDOW_NOT_FOUND', `no window "${name}"`, { hint: 'list windows with `cwm windows`' });
 }
@@ -300,6 +308,8 @@ export class WindowService {
       });
     }
     const tokens = await this.tokensOf(w);
+    // Kept in hand in case the window is deleted before the batch below (then the session gets its own copy).
+    const wdata = (await this.ctx.reg.getWindowData(w.name)) ?? {};
     const session = newSessionRecord(sessionId, w.model, w.kind);
     session.state = 'thawed';
     session.lineageRoot = w.lineageRoot;
@@ -329,9 +339,11 @@ export class WindowService {
           hint: 'pick another --session id',
         });
       }
-      const current = await reg.getWindow(w.name);
+      const found = await reg.getWindow(w.name);
+      // The same window, not one deleted meanwhile (and perhaps re-created under its name).
+      const current = found?.id === w.id ? found : undefined;
       const ops: BatchOp[] = [];
-      const data: SessionData = { fromWindow: w.name };
+      const data: SessionData = current ? { fromWindow: w.name } : ownContext(tokens, wdata);
       ops.push({ type: 'put', sublevel: reg.sessions, key: session.id, value: session });
       ops.push(reg.sessionDataOp(session.id, data));
       if (current && kv.warmed) {
@@ -535,6 +547,18 @@ export class WindowService {
         );
       }
       for (const [h, ref] of refCache) if (ref) ops.push({ type: 'put', sublevel: reg.refs, key: h, value: ref });
+      // Thawed sessions that still read their context from a doomed window get their own copy of it, in this same
+      // batch: deleting a window never empties a session (nor lets it read a later window of the same name).
+      for await (const v of reg.sessions.values()) {
+        const s = v as SessionRecord;
+        if (s.sourceWindow === null || !doomedNames.has(s.sourceWindow)) continue;
+        const data = await reg.getSessionData(s.id);
+        const src = data?.fromWindow === undefined ? undefined : doomed.find((d) => d.name === data.fromWindow);
+        if (!data || !src) continue;
+        const { fromWindow: _, ...rest } = data;
+        const own = ownContext(await this.tokensOf(src), (await reg.getWindowData(src.name)) ?? {});
+        ops.push(reg.sessionDataOp(s.id, { ...rest, ...own }));
+      }
       // Surviving children keep their parent's name, marked deleted, so lineage stays explainable.
       for (const w of doomed) {
         for (const child of await this.childrenOf(w.name)) {
