@@ -17,7 +17,7 @@ import type { Config } from '../../config.js';
 import type { ChatMessage, Residency } from '../../protocol/index.js';
 import { CwmError } from '../../protocol/index.js';
 import type { StateFileRecord } from '../../registry/records.js';
-import { EngineHttp } from '../http.js';
+import { EngineHttp, jsonWithTokens } from '../http.js';
 import { parsePrometheus, sumOf } from '../prometheus.js';
 import type {
   EngineBackend,
@@ -384,7 +384,7 @@ export class LlamaCppBackend implements EngineBackend {
     const r = await this.http.json<CompletionBody>(
       'POST',
       '/completion',
-      { prompt: tokens, n_predict: 0, id_slot: slot, cache_prompt: true, temperature: 0 },
+      jsonWithTokens({ n_predict: 0, id_slot: slot, cache_prompt: true, temperature: 0 }, 'prompt', tokens),
       { retry: true },
     );
     const t = r.body.timings ?? {};
@@ -505,16 +505,20 @@ export class LlamaCppBackend implements EngineBackend {
       await removeStateFile(dir, name).catch(() => false);
       return this.noState(
         warnings,
-        `the slot held another context (none of its ${held} tokens match this window): no KV state was kept`,
+        held === 0
+          ? "the session's slot is empty (was llama-server restarted?): no KV state was saved; thaw will recompute the context"
+          : `the slot held another context (none of its ${held} tokens match this window): no KV state was kept`,
         engineMs,
       );
     }
     if (common < n || held !== n) {
       residency = 'partial';
       warnings.push(
-        common === held
-          ? `the slot held ${held} of the window's ${n} tokens: the other ${n - held} are computed on the first request after thaw`
-          : `the slot's tokens differ from the window's at token ${common} of ${n} (the engine evaluated another tokenization): ${n - common} tokens will be recomputed after thaw`,
+        common === n
+          ? `the session moved on while it was frozen: the state file holds the window's ${n} tokens and ${held - n} more`
+          : common === held
+            ? `the slot held ${held} of the window's ${n} tokens: the other ${n - held} are computed on the first request after thaw`
+            : `the slot's tokens differ from the window's at token ${common} of ${n} (the engine evaluated another tokenization): ${n - common} tokens will be recomputed after thaw`,
       );
     }
     return { pinned: true, cached: true, residency, stateFile: rec, engineMs, warnings };
