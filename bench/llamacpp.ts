@@ -9,7 +9,7 @@
  * - freeze: `window.freeze` of a session whose slot already holds the context (one token re-evaluated, slot saved,
  *   file checksummed); state-file bytes per token.
  * Target: thaw at least 20x faster than recompute at 4K.
- * Run: npm run build && npx tsx bench/llamacpp.ts   (BENCH_REPS=N, default 3)
+ * Run: npm run build && npx tsx bench/llamacpp.ts   (BENCH_REPS=N, default 5)
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -20,7 +20,7 @@ import { median, printTable, writeResults } from './lib.js';
 
 const MODEL = 'bench';
 const SIZES = [1024, 4096];
-const REPS = Number(process.env.BENCH_REPS ?? 3);
+const REPS = Number(process.env.BENCH_REPS ?? 5);
 const THREADS = 2;
 const SLOTS = 2;
 const CTX = 16_384;
