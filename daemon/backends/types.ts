@@ -91,7 +91,8 @@ export interface EngineBackend {
   version(): Promise<string | null>;
   /** Exact token ids of a chat context, as the next turn's prompt begins (no generation prompt). */
   tokenizeChat(model: string, messages: ChatMessage[]): Promise<number[]>;
-  tokenizePrompt(model: string, prompt: string): Promise<number[]>;
+  /** Prompt-form tokenization; `addSpecial: false` for a continuation (no BOS in the middle of a context). */
+  tokenizePrompt(model: string, prompt: string, addSpecial?: boolean): Promise<number[]>;
   metrics(): Promise<EngineMetrics>;
   health(): Promise<HealthReport>;
   lmcacheHealth(): Promise<HealthReport | null>;

@@ -104,7 +104,7 @@ export class SessionService {
     if (data.messages) return this.ctx.backend.tokenizeChat(model, data.messages);
     const prompt = data.prompt ?? '';
     if (Array.isArray(prompt)) {
-      const tail = data.completion ? await this.ctx.backend.tokenizePrompt(model, data.completion) : [];
+      const tail = data.completion ? await this.ctx.backend.tokenizePrompt(model, data.completion, false) : [];
       return [...prompt, ...tail];
     }
     return this.ctx.backend.tokenizePrompt(model, prompt + (data.completion ?? ''));

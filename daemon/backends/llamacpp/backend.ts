@@ -206,8 +206,8 @@ export class LlamaCppBackend implements EngineBackend {
     return this.tokenize(t.body.prompt, true);
   }
 
-  async tokenizePrompt(_model: string, prompt: string): Promise<number[]> {
-    return this.tokenize(prompt, true);
+  async tokenizePrompt(_model: string, prompt: string, addSpecial = true): Promise<number[]> {
+    return this.tokenize(prompt, addSpecial);
   }
 
   private async tokenize(content: string, addSpecial: boolean): Promise<number[]> {

@@ -102,8 +102,12 @@ export class VllmBackend implements EngineBackend {
     return r.body.tokens;
   }
 
-  async tokenizePrompt(model: string, prompt: string): Promise<number[]> {
-    const r = await this.http.json<{ tokens: number[] }>('POST', '/tokenize', { model, prompt });
+  async tokenizePrompt(model: string, prompt: string, addSpecial = true): Promise<number[]> {
+    const r = await this.http.json<{ tokens: number[] }>('POST', '/tokenize', {
+      model,
+      prompt,
+      add_special_tokens: addSpecial,
+    });
     return r.body.tokens;
   }
 
