@@ -10,6 +10,9 @@ const USAGE = Buffer.from('"usage"');
 /** End (exclusive, after the blank line) of the first complete event at or after `from`, or -1. */
 export function eventEnd(buf: Buffer, from: number): number {
   const a = buf.indexOf(LF2, from);
+  // CRLF framing only matters when a CR comes before the first LF LF (vLLM writes LF only).
+  const cr = buf.indexOf(13, from);
+  if (cr === -1 || (a !== -1 && cr > a)) return a === -1 ? -1 : a + 2;
   const b = buf.indexOf(CRLF2, from);
   if (a === -1 && b === -1) return -1;
   if (b === -1 || (a !== -1 && a < b)) return a + 2;
@@ -73,6 +76,11 @@ export class UsageStripper {
   stripped = 0;
 
   push(chunk: Buffer): Buffer | null {
+    // Fast path: whole events only (the chunk ends at an event boundary) and no usage anywhere in them.
+    const n = chunk.length;
+    if (this.pending === null && n >= 2 && chunk[n - 1] === 10 && chunk[n - 2] === 10 && chunk.indexOf(USAGE) === -1) {
+      return chunk;
+    }
     const data = this.pending === null ? chunk : Buffer.concat([this.pending, chunk]);
     this.pending = null;
     let start = 0;
