@@ -57,7 +57,7 @@ export class CwmClient {
     private readonly callTimeoutMs: number,
   ) {
     this.rpc = new JSONRPCClient((payload) => {
-      if (this.closed) throw new CwmError('CONNECTION_LOST', 'CONNECTION_LOST: the connection to cwmd is closed');
+      if (this.closed) throw new Error(NOT_SENT);
       sock.write(`${JSON.stringify(payload)}\n`);
     });
     const decoder = new LineDecoder(DEFAULT_MAX_LINE_BYTES * 4);
@@ -140,13 +140,26 @@ export class CwmClient {
   }
 }
 
+/** Marks a request that was never written because the connection had already closed. */
+const NOT_SENT = 'CONNECTION_NOT_SENT';
+
+/**
+ * A closed connection is CONNECTION_LOST either way; `details.sent` tells a request that never left (safe to resend)
+ * from one that was in flight (it may have run).
+ */
 function toClientError(err: unknown, method: string, socket: string): CwmError {
   if (err instanceof CwmError) return err;
   const text = err instanceof Error ? err.message : String(err);
-  // The connection closed before or while the call was answered (the library reports both as a plain rejection).
+  if (text.includes(NOT_SENT)) {
+    return new CwmError('CONNECTION_LOST', `the connection to cwmd on ${socket} was closed; ${method} was not sent`, {
+      hint: 'reconnect and retry; check `cwm daemon status`',
+      details: { sent: false },
+    });
+  }
   if (text.includes('CONNECTION_LOST')) {
     return new CwmError('CONNECTION_LOST', `cwmd on ${socket} closed the connection during ${method}`, {
-      hint: 'the daemon may have stopped or restarted; check `cwm daemon status` (a write may or may not have happened)',
+      hint: 'the daemon may have stopped or restarted; check `cwm daemon status` (the call may or may not have run)',
+      details: { sent: true },
     });
   }
   if (err instanceof JSONRPCErrorException) {

@@ -31,16 +31,12 @@ export interface LinkOptions {
 }
 
 /**
- * How CwmClient reports a closed connection. A request written to a connection that had already closed never left
- * ("the connection to cwmd is closed"); one pending when it closed may have run ("CONNECTION_LOST: ..."). Today both
- * arrive as code INTERNAL (json-rpc-2.0 wraps them), so the messages are what tells them apart.
+ * CwmClient reports a closed connection as CONNECTION_LOST; `details.sent === false` means the request never left
+ * (safe to resend even when it mutates), otherwise it was in flight and may have run.
  */
-const CLOSED_BEFORE_SEND = 'the connection to cwmd is closed';
-
 function connectionGone(err: unknown): 'not-sent' | 'lost' | null {
-  if (!isCwmError(err)) return null;
-  if (err.message === CLOSED_BEFORE_SEND) return 'not-sent';
-  return err.code === 'CONNECTION_LOST' || err.message.startsWith('CONNECTION_LOST') ? 'lost' : null;
+  if (!isCwmError(err) || err.code !== 'CONNECTION_LOST') return null;
+  return err.details?.sent === false ? 'not-sent' : 'lost';
 }
 
 /** A daemon of another protocol version: say which side is older and what to run. */
