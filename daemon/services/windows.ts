@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { KvThawResult } from '../backends/types.js';
 import type { WindowInfo } from '../protocol/index.js';
 import { CwmError } from '../protocol/index.js';
+import { ChunkCache } from '../registry/chunk-cache.js';
 import { decodeTokens, encodeTokens, splitIntoChunks } from '../registry/codec.js';
 import type { BatchOp, IterOpts } from '../registry/db.js';
 import type { SessionData, SessionRecord, WindowData, WindowRecord } from '../registry/records.js';
@@ -75,6 +76,9 @@ export interface FreezeInput {
 }
 
 export class WindowService {
+  /** About 8 MB: two 128k-token windows, or many small ones. */
+  private readonly chunkCache = new ChunkCache(2_000_000);
+
   constructor(
     private readonly ctx: ServiceContext,
     private readonly sessions: SessionService,
@@ -87,17 +91,24 @@ export class WindowService {
   }
 
   async tokensOf(w: WindowRecord): Promise<number[]> {
-    const bufs = (await this.ctx.reg.chunks.getMany(w.chunkHashes)) as (Buffer | undefined)[];
+    const cached = w.chunkHashes.map((h) => this.chunkCache.get(h));
+    const missing = w.chunkHashes.filter((_, i) => cached[i] === undefined);
+    const bufs = missing.length > 0 ? ((await this.ctx.reg.chunks.getMany(missing)) as (Buffer | undefined)[]) : [];
     const out = new Array<number>(w.tokens);
     let o = 0;
-    for (let i = 0; i < bufs.length; i++) {
-      const b = bufs[i];
-      if (!b) {
-        throw new CwmError('REGISTRY_CORRUPT', `window "${w.name}" is missing chunk ${i} (${w.chunkHashes[i]})`, {
-          hint: 'run `cwm doctor --registry` to check the registry',
-        });
+    let m = 0;
+    for (let i = 0; i < w.chunkHashes.length; i++) {
+      let ids: ArrayLike<number> | undefined = cached[i];
+      if (ids === undefined) {
+        const b = bufs[m++];
+        if (!b) {
+          throw new CwmError('REGISTRY_CORRUPT', `window "${w.name}" is missing chunk ${i} (${w.chunkHashes[i]})`, {
+            hint: 'run `cwm doctor --registry` to check the registry',
+          });
+        }
+        ids = decodeTokens(b);
+        this.chunkCache.set(w.chunkHashes[i] as string, ids);
       }
-      const ids = decodeTokens(b);
       for (let j = 0; j < ids.length; j++) out[o++] = ids[j] as number;
     }
     if (o !== w.tokens) {
@@ -246,6 +257,7 @@ export class WindowService {
       const next = await reg.countOps(deltas, ops);
       await reg.batch(ops);
       reg.commitCounts(next);
+      for (const c of split) this.chunkCache.set(c.hash, c.ids);
       this.ctx.metrics.operations.inc({ op: 'freeze', outcome: 'ok' });
       return {
         window: w,

@@ -84,7 +84,7 @@ describe('registry', () => {
 
   it('finds broken invariants and repairs what can be derived', async () => {
     const dir = tempDir();
-    const o = await openOffline(dir);
+    let o = await openOffline(dir);
     try {
       await o.sessions.record({
         session: 'a',
@@ -113,6 +113,9 @@ describe('registry', () => {
       await o.reg.batch([{ type: 'del', sublevel: o.reg.chunks, key: w.chunkHashes[1] as string }]);
       const missing = await checkRegistry(o.reg, false);
       assert.ok(missing.problems.some((p) => p.kind === 'chunk-missing' && p.key === 'w'));
+      // a fresh daemon (no decoded chunks in memory) cannot read the window, and says why
+      await o.close();
+      o = await openOffline(dir);
       await assert.rejects(o.windows.tokensOf(w), (e: unknown) => isCwmError(e) && e.code === 'REGISTRY_CORRUPT');
     } finally {
       await o.close();
