@@ -6,6 +6,7 @@ import {
   CwmError,
   ERROR_CODES,
   isCwmError,
+  isRecord,
   METHODS,
   type MethodName,
   type ParsedParamsOf,
@@ -31,6 +32,7 @@ export interface RpcServerOptions {
   maxInFlightPerConnection?: number;
   /** A partial line that does not complete within this time closes the connection (slow-trickle defence). */
   partialLineTimeoutMs?: number;
+  /** Called after each call; `method` is a registered method name or "unknown" (a bounded metric label). */
   onCall?: (method: string, seconds: number, ok: boolean) => void;
 }
 
@@ -74,7 +76,9 @@ export class RpcServer {
       this.rpc.applyMiddleware(async (next, request, ctx) => {
         const t0 = process.hrtime.bigint();
         const res = await next(request, ctx);
-        onCall(request.method, Number(process.hrtime.bigint() - t0) / 1e9, !res || !('error' in res));
+        // Never a caller's string as a label: every unknown name would add a metric series (unbounded memory).
+        const method = Object.hasOwn(handlers, request.method) ? request.method : 'unknown';
+        onCall(method, Number(process.hrtime.bigint() - t0) / 1e9, !res || !('error' in res));
         return res;
       });
     }
@@ -230,8 +234,20 @@ export class RpcServer {
     if (conn.inFlight >= (this.opts.maxInFlightPerConnection ?? 4096)) conn.sock.pause();
     let promise: PromiseLike<JSONRPCResponse | JSONRPCResponse[] | null>;
     try {
-      // biome-ignore lint/suspicious/noExplicitAny: the library validates the shape and answers -32600 itself
-      promise = this.rpc.receive(message as any, { connId: conn.id, log });
+      const ctx = { connId: conn.id, log };
+      if (Array.isArray(message)) {
+        // A batch: each member checked on its own; an empty or oversized batch is one Invalid Request.
+        if (message.length === 0 || message.length > MAX_BATCH) {
+          promise = Promise.resolve(invalidRequest(null, message.length === 0 ? 'empty batch' : 'batch too large'));
+        } else {
+          promise = Promise.all(message.map((m) => this.receiveOne(m, ctx))).then((all) => {
+            const answers = all.filter((r): r is JSONRPCResponse => r !== null);
+            return answers.length === 0 ? null : answers;
+          });
+        }
+      } else {
+        promise = this.receiveOne(message, ctx);
+      }
     } catch (err) {
       promise = Promise.resolve(
         createJSONRPCErrorResponse(null, ERROR_CODES.INVALID_REQUEST, `Invalid Request: ${(err as Error).message}`),
@@ -259,6 +275,20 @@ export class RpcServer {
       });
   }
 
+  /**
+   * One request. Its shape is checked here before the library sees it: json-rpc-2.0 throws on `null` (so the caller
+   * got no answer at all) and echoes an id of any type; JSON-RPC 2.0 wants -32600 with a string, number or null id.
+   */
+  private receiveOne(message: unknown, ctx: RpcContext): PromiseLike<JSONRPCResponse | null> {
+    const problem = requestProblem(message);
+    if (problem !== null) {
+      const id = isRecord(message) && isRpcId(message.id) ? message.id : null;
+      return Promise.resolve(invalidRequest(id, problem));
+    }
+    // biome-ignore lint/suspicious/noExplicitAny: the shape was checked just above
+    return this.rpc.receive(message as any, ctx) as PromiseLike<JSONRPCResponse | null>;
+  }
+
   private write(conn: Conn, res: JSONRPCResponse | JSONRPCResponse[]): void {
     if (conn.sock.destroyed || conn.sock.writableEnded) return;
     let line: string;
@@ -282,6 +312,32 @@ export class RpcServer {
     // A peer that never reads must not hold the connection open forever.
     setTimeout(() => conn.sock.destroy(), 5000).unref();
   }
+}
+
+/** Requests per batch line; more is refused whole (each member would be a call in flight). */
+const MAX_BATCH = 1000;
+
+function isRpcId(id: unknown): id is string | number | null {
+  return typeof id === 'string' || (typeof id === 'number' && Number.isFinite(id)) || id === null;
+}
+
+/** Why a decoded message is not a JSON-RPC 2.0 request, or null when it is one. */
+function requestProblem(m: unknown): string | null {
+  if (!isRecord(m)) return 'a request must be a JSON object';
+  if (m.jsonrpc !== '2.0') return '"jsonrpc" must be "2.0"';
+  if (typeof m.method !== 'string') return '"method" must be a string';
+  if ('id' in m && !isRpcId(m.id)) return '"id" must be a string, a number or null';
+  if ('result' in m || 'error' in m) return 'a request has no "result" or "error"';
+  if ('params' in m && (typeof m.params !== 'object' || m.params === null)) return '"params" must be an object';
+  return null;
+}
+
+function invalidRequest(id: string | number | null, why: string): JSONRPCResponse {
+  return createJSONRPCErrorResponse(id, ERROR_CODES.INVALID_REQUEST, `Invalid Request: ${why}`, {
+    name: 'INVALID_REQUEST',
+    retryable: false,
+    hint: 'send {"jsonrpc":"2.0","id":1,"method":"...","params":{...}}, one per line; see docs/PROTOCOL.md',
+  });
 }
 
 export function toCwmError(error: unknown, log?: Logger): CwmError {
