@@ -44,29 +44,24 @@ export class LmcacheController {
     return { matched, byTier, location };
   }
 
-  async pin(tokens: number[], salt: string, location: string): Promise<number> {
-    const r = await this.http.json<{ num_tokens?: number }>(
-      'POST',
-      '/pin',
-      jsonWithTokens({ instance_id: this.instanceId, location, cache_salt: salt }, 'tokens', tokens),
-    );
-    return r.body.num_tokens ?? 0;
+  /** pin_count++ on the chunks of this prefix in one tier; returns the tokens affected. */
+  pin(tokens: number[], salt: string, location: string): Promise<number> {
+    return this.prefixOp('/pin', tokens, salt, location);
   }
 
-  async unpin(tokens: number[], salt: string, location: string): Promise<number> {
-    const r = await this.http.json<{ num_tokens?: number }>(
-      'POST',
-      '/unpin',
-      jsonWithTokens({ instance_id: this.instanceId, location, cache_salt: salt }, 'tokens', tokens),
-    );
-    return r.body.num_tokens ?? 0;
+  unpin(tokens: number[], salt: string, location: string): Promise<number> {
+    return this.prefixOp('/unpin', tokens, salt, location);
   }
 
   /** Clear the chunks of this token prefix that are not pinned by anyone else. */
-  async clear(tokens: number[], salt: string, location: string): Promise<number> {
+  clear(tokens: number[], salt: string, location: string): Promise<number> {
+    return this.prefixOp('/clear', tokens, salt, location);
+  }
+
+  private async prefixOp(path: string, tokens: number[], salt: string, location: string): Promise<number> {
     const r = await this.http.json<{ num_tokens?: number }>(
       'POST',
-      '/clear',
+      path,
       jsonWithTokens({ instance_id: this.instanceId, location, cache_salt: salt }, 'tokens', tokens),
     );
     return r.body.num_tokens ?? 0;
