@@ -117,7 +117,6 @@ const stopWatching = await watchConfig(daemon).catch((err: unknown) => {
 });
 daemon.onStop(stopWatching);
 
-
 await daemon.stopped;
 flush();
 // Pending timers or keep-alive sockets must not hold the process after a clean stop.

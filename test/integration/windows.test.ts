@@ -243,13 +243,21 @@ describe('windows on vLLM + LMCache (simulator)', () => {
   });
 
   it('freezes completion sessions exactly: token-id prompt plus completion text, no BOS in the middle', async () => {
-    const prompt = await simJson<{ tokens: number[] }>(`${sim.url}/tokenize`, { model: MODEL, prompt: 'Once upon a time' });
+    const prompt = await simJson<{ tokens: number[] }>(`${sim.url}/tokenize`, {
+      model: MODEL,
+      prompt: 'Once upon a time',
+    });
     const tail = await simJson<{ tokens: number[] }>(`${sim.url}/tokenize`, {
       model: MODEL,
       prompt: ' there was a cache',
       add_special_tokens: false,
     });
-    await c.call('session.record', { session: 'comp', model: MODEL, prompt: prompt.tokens, completion: ' there was a cache' });
+    await c.call('session.record', {
+      session: 'comp',
+      model: MODEL,
+      prompt: prompt.tokens,
+      completion: ' there was a cache',
+    });
     await c.call('window.freeze', { session: 'comp', name: 'comp-w' });
     const w = await c.call('window.get', { name: 'comp-w', tokens: true });
     assert.deepEqual(w.tokenIds, [...prompt.tokens, ...tail.tokens]);

@@ -55,10 +55,19 @@ describe('chunk cache', () => {
   it('returns what was stored, evicts least recently used first, and stays within its token bound', async () => {
     const { ChunkCache } = await import('../../daemon/registry/chunk-cache.js');
     const c = new ChunkCache(600);
-    c.set('a', Array.from({ length: 256 }, (_, i) => i));
-    c.set('b', Array.from({ length: 256 }, (_, i) => i + 1));
+    c.set(
+      'a',
+      Array.from({ length: 256 }, (_, i) => i),
+    );
+    c.set(
+      'b',
+      Array.from({ length: 256 }, (_, i) => i + 1),
+    );
     assert.equal(c.get('a')?.[255], 255); // a is now the most recent
-    c.set('c', Array.from({ length: 256 }, (_, i) => i + 2));
+    c.set(
+      'c',
+      Array.from({ length: 256 }, (_, i) => i + 2),
+    );
     assert.equal(c.get('b'), undefined, 'b was least recently used');
     assert.equal(c.get('a')?.length, 256);
     assert.equal(c.get('c')?.[0], 2);
