@@ -106,19 +106,10 @@ export function forward(input: ForwardInput): Promise<ForwardResult> {
       waitingDrain = false;
       controller?.resume();
     };
-    // Chunks that arrive in the same tick (one socket read holds many SSE events under load) go out in one write.
-    let corked = false;
-    const uncork = () => {
-      corked = false;
-      res.uncork();
-    };
+    // No res.cork() batching here: on Node 24 a corked chunked response after flushHeaders() delivered an empty
+    // body (seen in the Node 24 test run), and undici already hands over one chunk per socket read.
     const write = (buf: Buffer) => {
       firstByteAt ??= performance.now();
-      if (!corked && !res.destroyed) {
-        corked = true;
-        res.cork();
-        process.nextTick(uncork);
-      }
       if (!res.write(buf) && !waitingDrain) {
         waitingDrain = true;
         controller?.pause();

@@ -80,8 +80,12 @@ describe('hostile input on the socket', () => {
     }
     // A resource bound, not a timing: the daemon's resident memory stays within a generous margin.
     // (A per-request leak shows here: before the metric-label fix, unknown method names grew it past 800 MiB.)
-    assert.ok(r.rssMaxKiB < r.rssBeforeKiB + 256 * 1024, `RSS peaked at ${r.rssMaxKiB} KiB: ${summary}`);
-    assert.ok(r.rssAfterKiB < r.rssBeforeKiB + 192 * 1024, `RSS after ${r.rssAfterKiB} KiB: ${summary}`);
+    // Node 24's V8 keeps a larger heap before collecting than Node 20 (about +265 MiB here either way it settles),
+    // so the bound is on the shape: an absolute cap, and no growth over the second half of the run, where a
+    // per-frame leak would keep climbing.
+    assert.ok(r.rssMaxKiB < r.rssBeforeKiB + 512 * 1024, `RSS peaked at ${r.rssMaxKiB} KiB: ${summary}`);
+    const [, second, , fourth] = r.rssByPhaseKiB;
+    assert.ok((fourth ?? 0) - (second ?? 0) < 96 * 1024, `RSS kept growing in the second half: ${summary}`);
     assert.match(r.trickleAnswer ?? '', /"code":-32700/, 'the trickled line, once ended, is a parse error');
     const st = await good.call('daemon.status');
     assert.equal(st.counts.windows, 0);
