@@ -67,6 +67,8 @@ export class EngineHttp {
   readonly pool: Pool;
   private failures = 0;
   private openUntil = 0;
+  /** Half-open: after the cooldown one call (the probe) may reach the engine; the others still fail fast. */
+  private probing = false;
 
   constructor(
     readonly origin: string,
@@ -97,21 +99,41 @@ export class EngineHttp {
     body?: unknown,
     opts: { retry?: boolean; timeoutMs?: number; acceptStatus?: (s: number) => boolean } = {},
   ): Promise<JsonResponse<T>> {
-    if (this.breakerOpen) {
-      throw new CwmError(
-        'ENGINE_UNAVAILABLE',
-        `${this.opts.label} at ${this.origin} is failing; not retrying for now`,
-        {
-          hint: `the last ${this.failures} calls failed; check that it is running (\`cwm doctor\`)`,
-          details: { retryAfterMs: this.openUntil - Date.now() },
-        },
-      );
+    const tripped = this.failures >= (this.opts.breakerThreshold ?? 8);
+    if (this.breakerOpen || (tripped && this.probing)) throw this.openError();
+    // The first call after the cooldown is the probe: one request, no retries; it closes or re-opens the breaker.
+    const probe = tripped;
+    if (probe) this.probing = true;
+    try {
+      return await this.attempts<T>(method, path, body, opts, probe);
+    } finally {
+      if (probe) this.probing = false;
     }
-    const retries = opts.retry === false ? 0 : this.opts.retries;
+  }
+
+  private openError(): CwmError {
+    return new CwmError('ENGINE_UNAVAILABLE', `${this.opts.label} at ${this.origin} is failing; not retrying for now`, {
+      hint: `the last ${this.failures} calls failed; check that it is running (\`cwm doctor\`)`,
+      details: { retryAfterMs: Math.max(0, this.openUntil - Date.now()) },
+    });
+  }
+
+  private async attempts<T>(
+    method: 'GET' | 'POST' | 'DELETE',
+    path: string,
+    body: unknown,
+    opts: { retry?: boolean; timeoutMs?: number; acceptStatus?: (s: number) => boolean },
+    probe: boolean,
+  ): Promise<JsonResponse<T>> {
+    const retries = opts.retry === false || probe ? 0 : this.opts.retries;
     const accept = opts.acceptStatus ?? ((s: number) => s < 400);
     let lastErr: CwmError | null = null;
     for (let attempt = 0; attempt <= retries; attempt++) {
-      if (attempt > 0) await sleep(backoffMs(attempt - 1));
+      if (attempt > 0) {
+        await sleep(backoffMs(attempt - 1));
+        // Another caller's failure may have tripped the breaker meanwhile: stop adding to the pile.
+        if (this.breakerOpen && lastErr) throw lastErr;
+      }
       const t0 = performance.now();
       try {
         const timeout = opts.timeoutMs ?? this.opts.timeoutMs;
