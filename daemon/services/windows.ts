@@ -102,6 +102,9 @@ export class WindowService {
       if (ids === undefined) {
         const b = bufs[m++];
         if (!b) {
+          // Read outside the registry mutex (thaw, window.get): a delete that ran meanwhile is not corruption.
+          const now = await this.ctx.reg.getWindow(w.name);
+          if (now?.id !== w.id) throw windowNotFound(w.name);
           throw new CwmError('REGISTRY_CORRUPT', `window "${w.name}" is missing chunk ${i} (${w.chunkHashes[i]})`, {
             hint: 'run `cwm doctor --registry` to check the registry',
           });
