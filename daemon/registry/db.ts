@@ -36,6 +36,36 @@ export interface IterOpts {
   limit?: number;
 }
 
+/** Free space cwmd keeps on the registry's volume: writes that would eat into it are refused with DISK_FULL. */
+export const DISK_RESERVE_BYTES = 8 * 1024 * 1024;
+
+function isIoError(err: unknown): boolean {
+  const e = err as { code?: string; message?: string; cause?: { code?: string } };
+  return (
+    e?.code === 'LEVEL_IO_ERROR' ||
+    e?.code === 'ENOSPC' ||
+    e?.cause?.code === 'LEVEL_IO_ERROR' ||
+    /IO error|No space left on device/i.test(e?.message ?? '')
+  );
+}
+
+/** A LevelDB write error as a CwmError: DISK_FULL (retryable) for ENOSPC, STORAGE_ERROR otherwise. */
+export function storageError(err: unknown, location: string): CwmError {
+  if (err instanceof CwmError) return err;
+  const message = (err as Error)?.message ?? String(err);
+  if (/No space left on device|ENOSPC/i.test(message)) {
+    return new CwmError('DISK_FULL', `the disk holding the registry is full (${location}): nothing was changed`, {
+      hint: 'free space on that volume, then retry; `cwm doctor --registry` checks the registry',
+      retryable: true,
+      cause: err,
+    });
+  }
+  return new CwmError('STORAGE_ERROR', `the registry at ${location} could not be written: ${message}`, {
+    hint: 'check the data dir volume (space, permissions, health); `cwm doctor --registry` checks the registry',
+    cause: err,
+  });
+}
+
 /** Migrations run in order at open, inside the singleton daemon, before anything else touches the registry. */
 type Migration = (reg: Registry, log: Logger) => Promise<void>;
 const MIGRATIONS: Record<number, Migration> = {};
@@ -69,7 +99,21 @@ export class Registry {
     this.counts = json('counts');
     this.audit = json('audit');
     this.meta = json('meta');
+    this.all = [
+      this.sessions,
+      this.sessionData,
+      this.windows,
+      this.windowData,
+      this.chunks,
+      this.refs,
+      this.idx,
+      this.counts,
+      this.audit,
+      this.meta,
+    ] as unknown as { open(): Promise<void> }[];
   }
+
+  private readonly all: { open(): Promise<void> }[];
 
   /** Open once per process (a failed second open would drop LevelDB's cross-process lock: see npm-deps.md). */
   static async open(location: string, log: Logger): Promise<Registry> {
@@ -124,8 +168,76 @@ export class Registry {
 
   async batch(ops: BatchOp[]): Promise<void> {
     if (ops.length === 0) return;
-    // biome-ignore lint/suspicious/noExplicitAny: level's batch generics cannot express mixed-encoding sublevels
-    await this.db.batch(ops as any, {});
+    if (this.writeFailed) await this.heal();
+    await this.checkSpace(ops);
+    try {
+      // biome-ignore lint/suspicious/noExplicitAny: level's batch generics cannot express mixed-encoding sublevels
+      await this.db.batch(ops as any, {});
+    } catch (err) {
+      if (!isIoError(err)) throw err;
+      this.writeFailed = true;
+      throw storageError(err, this.location);
+    }
+  }
+
+  /** Free space kept in reserve on the registry's volume (LevelDB needs room to flush and compact); 0 = no check. */
+  diskReserveBytes = DISK_RESERVE_BYTES;
+  /** A write failed inside LevelDB: its log may end in a torn record (see heal). */
+  private writeFailed = false;
+  private healing: Promise<void> | null = null;
+
+  /** Refuse a write up front when the volume is nearly full, rather than let LevelDB fail half-way through it. */
+  private async checkSpace(ops: BatchOp[]): Promise<void> {
+    if (this.diskReserveBytes <= 0) return;
+    let bytes = 0;
+    for (const op of ops) {
+      bytes += 64 + op.key.length;
+      if (Buffer.isBuffer(op.value)) bytes += op.value.length;
+      else if (typeof op.value === 'string') bytes += op.value.length;
+    }
+    let free: number;
+    try {
+      const st = await fs.promises.statfs(this.location);
+      free = st.bavail * st.bsize;
+    } catch {
+      return;
+    }
+    if (free < bytes + this.diskReserveBytes) {
+      throw new CwmError(
+        'DISK_FULL',
+        `the disk holding the registry is full (${free} bytes free at ${this.location})`,
+        {
+          hint: `free space on that volume (cwmd keeps ${this.diskReserveBytes} bytes in reserve), then retry; nothing was changed`,
+          retryable: true,
+          details: { freeBytes: free, reserveBytes: this.diskReserveBytes },
+        },
+      );
+    }
+  }
+
+  /**
+   * After a failed write, LevelDB's log may end in a partial record, and a crash would make recovery drop everything
+   * appended after it: acknowledged writes lost. So before writing again the database is closed and reopened:
+   * recovery reads the log up to the torn record, writes what it holds to a table, and starts a fresh log. (A memtable
+   * compaction would switch logs too, but LevelDB's CompactRange reports no errors, so its success cannot be known.)
+   * While the volume is still short of space nothing is touched and writes fail with DISK_FULL; reads keep working.
+   */
+  private heal(cause?: unknown): Promise<void> {
+    this.healing ??= (async () => {
+      try {
+        const st = await fs.promises.statfs(this.location).catch(() => null);
+        if (st && st.bavail * st.bsize < Math.max(this.diskReserveBytes, 1024 * 1024)) {
+          throw storageError(cause ?? new Error('ENOSPC: No space left on device'), this.location);
+        }
+        await this.db.close();
+        await this.db.open();
+        for (const sub of this.all) await sub.open();
+        this.writeFailed = false;
+      } finally {
+        this.healing = null;
+      }
+    })();
+    return this.healing;
   }
 
   /** Counter read through an in-memory cache; the daemon is the only writer, under the mutex. */
