@@ -128,12 +128,13 @@ export class Daemon {
       throw err;
     }
     const check = await checkRegistry(reg, false);
+    let repaired = 0;
     if (!check.ok) {
       log.warn(
         { problems: check.problems.slice(0, 20), total: check.problems.length },
         'registry check found problems; repairing what can be derived',
       );
-      await checkRegistry(reg, true);
+      repaired = (await checkRegistry(reg, true)).repaired;
     }
     const daemon = new Daemon(opts, reg, backend);
     const rpc = new RpcServer(daemon.handlers(), {
@@ -172,6 +173,14 @@ export class Daemon {
       actor: 'daemon',
       details: { version: VERSION, pid: process.pid },
     });
+    if (repaired > 0) {
+      // A repair deletes and rewrites registry records: it belongs in the audit trail like any destructive action.
+      await daemon.ctx.audit.record({
+        action: 'registry.repair',
+        actor: 'daemon',
+        details: { repaired, kinds: [...new Set(check.problems.map((p) => p.kind))] },
+      });
+    }
     log.info({ socket: paths.socket, dataDir: paths.dataDir, version: VERSION, engine: backend.url }, 'cwmd started');
     return daemon;
   }

@@ -224,7 +224,34 @@ export class EngineHttp {
   }
 }
 
+/**
+ * Text from an engine made safe to show: control characters replaced (a hostile answer printed by the CLI could
+ * otherwise drive the user's terminal with escape sequences) and the length bounded.
+ */
+export function cleanText(s: string, max = 300): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
+  return s.slice(0, max).replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, '\ufffd');
+}
+
+/**
+ * Token ids from an engine answer: a list of integers in [0, 2^32). Anything else is refused, never stored: a float,
+ * a negative, a string or a huge number would otherwise be packed into the registry as a different id.
+ */
+export function tokenIdsFrom(v: unknown, what: string): number[] {
+  if (!Array.isArray(v) || !v.every((t) => Number.isInteger(t) && t >= 0 && t <= 0xffffffff)) {
+    throw new CwmError('ENGINE_ERROR', `${what} did not answer with a list of token ids`, {
+      hint: 'check that engine.url and engine.kind point at the right server; see the daemon log',
+      retryable: false,
+    });
+  }
+  return v as number[];
+}
+
 function errorText(body: unknown): string {
+  return cleanText(rawErrorText(body));
+}
+
+function rawErrorText(body: unknown): string {
   if (typeof body === 'string') return body.slice(0, 300) || '(empty body)';
   if (typeof body === 'object' && body !== null) {
     const b = body as { error?: unknown; message?: unknown; detail?: unknown };

@@ -160,6 +160,17 @@ export function opsMethods(d: Daemon): Handlers {
           : 'ok';
       return { status, version: VERSION, uptimeSeconds: (Date.now() - d.startedAt.getTime()) / 1000, components };
     },
-    'registry.check': (p) => d.reg.mutex.run(() => checkRegistry(d.reg, p?.repair ?? false)),
+    'registry.check': async (p) => {
+      const r = await d.reg.mutex.run(() => checkRegistry(d.reg, p?.repair ?? false));
+      if (r.repaired > 0) {
+        // A repair deletes and rewrites registry records: it belongs in the audit trail like any destructive action.
+        await d.ctx.audit.record({
+          action: 'registry.repair',
+          actor: 'rpc',
+          details: { repaired: r.repaired, kinds: [...new Set(r.problems.map((x) => x.kind))] },
+        });
+      }
+      return r;
+    },
   };
 }

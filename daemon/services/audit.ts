@@ -21,8 +21,13 @@ const MAX_EVENTS = 100_000;
 export class AuditLog {
   private seq = 0;
   private written = 0;
+  private pruning: Promise<void> | null = null;
 
-  constructor(private readonly reg: Registry) {}
+  constructor(
+    private readonly reg: Registry,
+    /** Events kept; older ones are pruned every 1,000 writes. */
+    private readonly maxEvents = MAX_EVENTS,
+  ) {}
 
   op(input: AuditInput): BatchOp {
     const now = new Date();
@@ -37,14 +42,31 @@ export class AuditLog {
       reason: input.reason ?? null,
       details: input.details ?? {},
     };
-    this.written++;
+    // Most events ride in the batch of the change they describe (never through record()), so the pruning is
+    // scheduled from here: checking only in record() meant it practically never ran and the trail grew unbounded.
+    if (++this.written % 1000 === 0) this.schedulePrune();
     return { type: 'put', sublevel: this.reg.audit, key: id, value: event };
   }
 
   /** Record an event on its own (for actions with no registry change, or failures). */
   async record(input: AuditInput): Promise<void> {
     await this.reg.batch([this.op(input)]);
-    if (this.written % 1000 === 0) await this.prune();
+  }
+
+  /** Wait for a scheduled prune (tests, shutdown). */
+  async settled(): Promise<void> {
+    await this.pruning;
+  }
+
+  private schedulePrune(): void {
+    this.pruning ??= new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => this.prune())
+      .catch(() => {
+        // best effort: the registry may be closing, or the disk full; the next thousand writes try again
+      })
+      .finally(() => {
+        this.pruning = null;
+      });
   }
 
   async list(opts: { limit: number; action?: string | undefined; since?: string | undefined }): Promise<AuditEvent[]> {
@@ -65,7 +87,7 @@ export class AuditLog {
     const doomed: BatchOp[] = [];
     for await (const key of this.reg.audit.keys({ reverse: true })) {
       n++;
-      if (n > MAX_EVENTS) doomed.push({ type: 'del', sublevel: this.reg.audit, key });
+      if (n > this.maxEvents) doomed.push({ type: 'del', sublevel: this.reg.audit, key });
       if (doomed.length >= 10_000) break;
     }
     await this.reg.batch(doomed);

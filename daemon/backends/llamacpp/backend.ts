@@ -17,7 +17,7 @@ import type { Config } from '../../config.js';
 import type { ChatMessage, Residency } from '../../protocol/index.js';
 import { CwmError } from '../../protocol/index.js';
 import type { StateFileRecord } from '../../registry/records.js';
-import { EngineHttp, jsonWithTokens } from '../http.js';
+import { EngineHttp, jsonWithTokens, tokenIdsFrom } from '../http.js';
 import { parsePrometheus, sumOf } from '../prometheus.js';
 import type {
   EngineBackend,
@@ -211,13 +211,12 @@ export class LlamaCppBackend implements EngineBackend {
   }
 
   private async tokenize(content: string, addSpecial: boolean): Promise<number[]> {
-    const r = await this.http.json<{ tokens?: number[] }>('POST', '/tokenize', {
+    const r = await this.http.json<{ tokens?: unknown }>('POST', '/tokenize', {
       content,
       add_special: addSpecial,
       parse_special: true,
     });
-    if (!Array.isArray(r.body.tokens)) throw new CwmError('ENGINE_ERROR', 'llama-server /tokenize answered no tokens');
-    return r.body.tokens;
+    return tokenIdsFrom(r.body?.tokens, 'llama-server /tokenize');
   }
 
   private async slotList(): Promise<SlotBody[]> {

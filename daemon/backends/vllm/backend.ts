@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../../config.js';
 import type { ChatMessage, Residency } from '../../protocol/index.js';
 import { CwmError } from '../../protocol/index.js';
-import { EngineHttp, jsonWithTokens } from '../http.js';
+import { cleanText, EngineHttp, jsonWithTokens, tokenIdsFrom } from '../http.js';
 import { maxOf, parsePrometheus, sumOf } from '../prometheus.js';
 import type {
   EngineBackend,
@@ -75,8 +75,16 @@ export class VllmBackend implements EngineBackend {
 
   async models(): Promise<ModelInfo[]> {
     if (this.modelsCache && Date.now() - this.modelsCache.at < MODELS_TTL_MS) return this.modelsCache.models;
-    const r = await this.http.json<{ data?: { id: string; max_model_len?: number }[] }>('GET', '/v1/models');
-    const models = (r.body.data ?? []).map((m) => ({ id: m.id, maxModelLen: m.max_model_len ?? null }));
+    const r = await this.http.json<{ data?: { id?: unknown; max_model_len?: unknown }[] }>('GET', '/v1/models');
+    // Only what the protocol can carry: a string id, a positive integer length (else unknown).
+    const data = Array.isArray(r.body?.data) ? r.body.data : [];
+    const models = data
+      .filter((m) => typeof m?.id === 'string')
+      .map((m) => ({
+        id: m.id as string,
+        maxModelLen:
+          Number.isInteger(m.max_model_len) && (m.max_model_len as number) > 0 ? (m.max_model_len as number) : null,
+      }));
     this.modelsCache = { at: Date.now(), models };
     return models;
   }
@@ -84,8 +92,8 @@ export class VllmBackend implements EngineBackend {
   async version(): Promise<string | null> {
     if (this.versionCache !== undefined) return this.versionCache;
     try {
-      const r = await this.http.json<{ version?: string }>('GET', '/version', undefined, { retry: false });
-      this.versionCache = r.body.version ?? null;
+      const r = await this.http.json<{ version?: unknown }>('GET', '/version', undefined, { retry: false });
+      this.versionCache = typeof r.body?.version === 'string' ? cleanText(r.body.version, 64) : null;
     } catch {
       return null;
     }
@@ -93,22 +101,22 @@ export class VllmBackend implements EngineBackend {
   }
 
   async tokenizeChat(model: string, messages: ChatMessage[]): Promise<number[]> {
-    const r = await this.http.json<{ tokens: number[] }>('POST', '/tokenize', {
+    const r = await this.http.json<{ tokens?: unknown }>('POST', '/tokenize', {
       model,
       messages,
       add_generation_prompt: false,
       continue_final_message: false,
     });
-    return r.body.tokens;
+    return tokenIdsFrom(r.body?.tokens, 'vLLM /tokenize');
   }
 
   async tokenizePrompt(model: string, prompt: string, addSpecial = true): Promise<number[]> {
-    const r = await this.http.json<{ tokens: number[] }>('POST', '/tokenize', {
+    const r = await this.http.json<{ tokens?: unknown }>('POST', '/tokenize', {
       model,
       prompt,
       add_special_tokens: addSpecial,
     });
-    return r.body.tokens;
+    return tokenIdsFrom(r.body?.tokens, 'vLLM /tokenize');
   }
 
   async metrics(): Promise<EngineMetrics> {
@@ -156,8 +164,10 @@ export class VllmBackend implements EngineBackend {
       // A completion is not idempotent in cost; still safe to retry on refused connections (nothing was processed).
       { retry: true },
     );
-    const details = r.body.usage?.prompt_tokens_details;
-    return { cached: details?.cached_tokens ?? null, ms: r.ms };
+    const cached = r.body?.usage?.prompt_tokens_details?.cached_tokens;
+    // A count the engine could not have served (negative, fractional, beyond the prompt) is treated as unknown.
+    const valid = Number.isInteger(cached) && (cached as number) >= 0 && (cached as number) <= tokens.length;
+    return { cached: valid ? (cached as number) : null, ms: r.ms };
   }
 
   async freezeKv(input: KvFreezeInput): Promise<KvFreezeResult> {
