@@ -2,6 +2,7 @@ import { createHash, createHmac, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
+import { stateFileName } from '../backends/llamacpp/state-file.js';
 import { CwmError, SessionSchemas, TAG_RE, WINDOW_NAME_RE, WindowSchemas } from '../protocol/index.js';
 import { decodeTokens, encodeTokens, splitIntoChunks } from '../registry/codec.js';
 import type { BatchOp } from '../registry/db.js';
@@ -374,10 +375,8 @@ export class BundleService {
       if (!dir || this.ctx.backend.kind !== 'llamacpp') {
         stateNote = 'this daemon does not run llama.cpp with a slot directory: the state file was not restored';
       } else {
-        const ext = /^\.[A-Za-z0-9]{1,8}$/.test(path.extname(m.window.stateFile.file))
-          ? path.extname(m.window.stateFile.file)
-          : '.bin';
-        const fileName = `${id}${ext}`;
+        // The name the llama.cpp backend gives a window's state file: `<window id>.bin`.
+        const fileName = stateFileName(id);
         stateTarget = stateFilePath(dir, fileName);
         const tmp = `${stateTarget}.${randomBytes(4).toString('hex')}.tmp`;
         try {

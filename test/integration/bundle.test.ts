@@ -373,6 +373,21 @@ describe('bundles carry the llama.cpp state file (in-process services)', () => {
       await assert.rejects(B.bundles.import({ file }), (e) => isCwmError(e) && e.code === 'WINDOW_EXISTS');
       assert.deepEqual(fs.readdirSync(slotB).sort(), slotFiles);
 
+      // a forged state-file name in the manifest is never used as a path: the file lands as <new id>.bin
+      const forged = layout(file);
+      forged.manifest.window.stateFile.file = '../../escaped.bin';
+      const forgedFile = path.join(root, 'forged-state.cwmb');
+      fs.writeFileSync(
+        forgedFile,
+        forge(forged.manifest, forged.buf.subarray(forged.bodyStart, forged.buf.length - 72)),
+      );
+      await B.bundles.import({ file: forgedFile, name: 'lw-forged' });
+      const fw = await B.windows.get('lw-forged');
+      assert.equal(fw.stateFile?.file, `${fw.id}.bin`);
+      assert.ok(fs.existsSync(path.join(slotB, `${fw.id}.bin`)));
+      assert.equal(fs.existsSync(path.join(root, 'escaped.bin')), false);
+      assert.equal(fs.existsSync(path.join(slotB, '..', '..', 'escaped.bin')), false);
+
       // the state file went missing on the exporting side: the bundle still carries the exact tokens
       fs.rmSync(path.join(slotA, src.stateFile.file));
       const file2 = path.join(root, 'lw-nostate.cwmb');
