@@ -30,7 +30,7 @@ describe('crash consistency under SIGKILL', () => {
     const summary = JSON.stringify({ ...r, problems: r.problems.slice(0, 10) }, null, 1);
     t.diagnostic(
       `seed ${seed}: ${r.opsAttempted} ops (${r.opsAcknowledged} acknowledged, ${r.opsCutOff} cut off by a kill: ` +
-        `${r.cutOffApplied} had committed), ${r.kills} kills (${r.killsMidCall} with calls in flight), ` +
+        `${r.cutOffApplied} had committed), ${r.kills} kills (${r.killsMidCall} with calls in flight, ${r.killsAtCommit} aimed at a commit), ` +
         `${r.lostRecords} lost, ${r.startupRepairs} start-up repairs`,
     );
     assert.deepEqual(r.problems, [], `seed ${seed}: ${summary}`);

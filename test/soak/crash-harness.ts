@@ -43,6 +43,8 @@ export interface CrashReport {
   maxInFlightAtKill: number;
   /** Kills that hit while at least one call was in flight. */
   killsMidCall: number;
+  /** Kills aimed at a freeze's commit (0-3 ms after its last engine call). */
+  killsAtCommit: number;
   byOp: Record<string, { ok: number; cut: number; failed: number }>;
   windowsAtEnd: number;
   sessionsAtEnd: number;
@@ -169,6 +171,7 @@ export async function runCrash(opts: CrashOptions): Promise<CrashReport> {
     cutOffNotApplied: 0,
     maxInFlightAtKill: 0,
     killsMidCall: 0,
+    killsAtCommit: 0,
     byOp: {},
     windowsAtEnd: 0,
     sessionsAtEnd: 0,
@@ -192,6 +195,13 @@ export async function runCrash(opts: CrashOptions): Promise<CrashReport> {
     env: { CWM_LMCACHE_URL: opts.sim.lmcacheUrl, CWM_AUTOFREEZE: 'false' },
   });
   let logOffset = 0;
+  // The simulator counts every request it receives: hook that to see a freeze's last engine call.
+  let pinHook: (() => void) | null = null;
+  const origCount = opts.sim.state.count.bind(opts.sim.state);
+  opts.sim.state.count = (server, path) => {
+    origCount(server, path);
+    if (pinHook && server === 'lmcache' && path === '/pin') pinHook();
+  };
   let verifyRound = 0;
 
   /** The daemon's start-up check must have found nothing: a repair there would hide a torn write. */
@@ -408,6 +418,20 @@ export async function runCrash(opts: CrashOptions): Promise<CrashReport> {
       });
       const [lo, hi] = opts.runMs;
       await new Promise((r) => setTimeout(r, lo + rand() * (hi - lo)));
+      if (rand() < 0.5) {
+        // Aim at a commit: a freeze pins its chunks in LMCache (/pin) just before its registry batch, so kill
+        // 0-3 ms after the next /pin the simulator sees (or give up after 500 ms and kill anyway).
+        const hit = await new Promise<boolean>((resolve) => {
+          const timer = setTimeout(() => resolve(false), 500);
+          pinHook = () => {
+            pinHook = null;
+            clearTimeout(timer);
+            setTimeout(() => resolve(true), rand() * 3);
+          };
+        });
+        pinHook = null;
+        if (hit) report.killsAtCommit++;
+      }
       // Stop starting new calls, then kill at once: the calls already sent are cut off mid-flight.
       stop = true;
       const atKill = inFlight;
@@ -436,6 +460,7 @@ export async function runCrash(opts: CrashOptions): Promise<CrashReport> {
     report.chunksAtEnd = st.counts.chunks;
     c.close();
   } finally {
+    opts.sim.state.count = origCount;
     await d.stop();
     report.seconds = (Date.now() - t0) / 1000;
   }
