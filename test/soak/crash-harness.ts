@@ -28,6 +28,11 @@ export interface CrashOptions {
   seed: number;
   /** Verify every window's exact tokens after each restart (otherwise a rotating sample, and all at the end). */
   fullVerifyEachRestart?: boolean;
+  /**
+   * Also inject engine faults (503s, dropped and reset connections, slow answers, LMCache down) at random in each
+   * run between kills. A thaw may then fail with a retryable engine error; it must have changed nothing.
+   */
+  engineFaults?: boolean;
   log?: (line: string) => void;
 }
 
@@ -51,6 +56,10 @@ export interface CrashReport {
   chunksAtEnd: number;
   lostRecords: number;
   startupRepairs: number;
+  /** Engine requests the simulator faulted (engineFaults). */
+  faultedRequests: number;
+  /** Operations refused with a retryable engine error, verified to have changed nothing. */
+  engineRefusals: number;
   problems: string[];
   seconds: number;
 }
@@ -178,6 +187,8 @@ export async function runCrash(opts: CrashOptions): Promise<CrashReport> {
     chunksAtEnd: 0,
     lostRecords: 0,
     startupRepairs: 0,
+    faultedRequests: 0,
+    engineRefusals: 0,
     problems: [],
     seconds: 0,
   };
@@ -393,14 +404,37 @@ export async function runCrash(opts: CrashOptions): Promise<CrashReport> {
       }
       w.pending = null;
       count(p.op, 'failed');
+      if (opts.engineFaults && p.op === 'thaw' && isCwmError(err) && err.retryable && err.code.startsWith('ENGINE')) {
+        // a thaw the engine could not serve: it must have left no session behind
+        report.engineRefusals++;
+        if ((await sessionPrompt(c, p.session)) !== null)
+          problem(`thaw ${p.name} failed but left session ${p.session}`);
+        return;
+      }
       problem(`${p.op} failed with a non-crash error: ${(err as Error).message}`);
     }
+  };
+
+  const FAULTS: Parameters<Simulator['setFaults']>[0][] = [
+    { mode: '503', count: 3 },
+    { mode: 'drop', count: 2 },
+    { mode: 'reset-mid-stream', count: 2, paths: ['/v1/completions'] },
+    { mode: 'slow', delayMs: 150, count: 5 },
+    { mode: '503', count: 4, target: 'lmcache' },
+    { mode: 'down', target: 'lmcache', count: 20 },
+  ];
+  const harvestFaults = () => {
+    for (const target of ['vllm', 'lmcache'] as const)
+      report.faultedRequests += opts.sim.state.faults[target].status().affected;
+    opts.sim.setFaults({ mode: 'none' });
+    opts.sim.setFaults({ mode: 'none', target: 'lmcache' });
   };
 
   try {
     let c = await d.client();
     while (report.kills < opts.kills || report.opsAttempted < opts.minOps) {
       const clients = await Promise.all(workers.map(() => d.client()));
+      if (opts.engineFaults) opts.sim.setFaults(FAULTS[Math.floor(rand() * FAULTS.length)] as (typeof FAULTS)[number]);
       let stop = false;
       let inFlight = 0;
       const loops = workers.map(async (w, i) => {
@@ -439,6 +473,7 @@ export async function runCrash(opts: CrashOptions): Promise<CrashReport> {
       report.kills++;
       if (atKill > 0) report.killsMidCall++;
       report.maxInFlightAtKill = Math.max(report.maxInFlightAtKill, atKill);
+      if (opts.engineFaults) harvestFaults();
       await Promise.all(loops);
       for (const x of clients) x.close();
       c.close();
