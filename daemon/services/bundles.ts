@@ -35,6 +35,8 @@ const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
 /** Upper bound on the buffered (non-state) parts read at import: 1 GiB of chunks and messages. */
 const MAX_BUFFERED_BYTES = 1024 * 1024 * 1024;
 const IO_BLOCK = 1024 * 1024;
+/** A llama.cpp state file is read into memory whole: 2 GiB is about 250k tokens of an 8B model's KV. */
+const MAX_STATE_BYTES = 2 * 1024 * 1024 * 1024;
 
 const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/);
 const Part = z.object({ offset: z.number().int().min(0), length: z.number().int().min(0), sha256: sha256Hex });
@@ -597,6 +599,8 @@ export async function verifyBundle(fh: fs.promises.FileHandle, file: string): Pr
     throw invalid(`${file} is damaged: the state file part and its record disagree`);
   }
   if (manifest.parts.state && sf) {
+    if (manifest.parts.state.length > MAX_STATE_BYTES)
+      throw invalid(`${file} holds a state file larger than this daemon imports`);
     state = await readPart(manifest.parts.state, 'the state file part');
     if (state.length !== sf.size || manifest.parts.state.sha256 !== sf.sha256) {
       throw invalid(`${file} is damaged: the state file does not match its recorded size and sha256`);
