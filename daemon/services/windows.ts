@@ -658,7 +658,13 @@ export class WindowService {
       const windows = ((await reg.windows.getMany(names)) as (WindowRecord | undefined)[]).filter(
         (w): w is WindowRecord => w !== undefined,
       );
-      return { windows: windows.map(toWindowInfo), total, limit: p.limit, offset: p.offset };
+      // The counter and the page are two reads: a window added in between must not make the page exceed the total.
+      return {
+        windows: windows.map(toWindowInfo),
+        total: Math.max(total, p.offset + windows.length),
+        limit: p.limit,
+        offset: p.offset,
+      };
     }
     // Slow path: load every candidate of the driving index, filter, sort in memory.
     const search = p.search?.toLowerCase();
