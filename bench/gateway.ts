@@ -11,6 +11,7 @@
  * the load average is recorded). A second throughput run paces the simulator at PACED_US_PER_TOKEN, still a
  * faster-than-real engine, to show the overhead when the engine rather than the CPU sets the pace.
  */
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -20,15 +21,28 @@ import { startDaemon } from '../test/helpers/daemon.js';
 import { startSimulator } from '../test/sim/index.js';
 
 const QUICK = process.argv.includes('--quick');
+/**
+ * On Linux with 2+ CPUs the bench process (client + simulator, one thread doing the work) runs on CPU 0 and the
+ * daemon on CPU 1, all their threads, with taskset: the scheduler no longer moves them onto one core at random
+ * moments, which made the zero-latency figure swing by +-15% between runs. Both modes get the same CPU 0 for the
+ * client and the engine; the gateway gets a core of its own, as it would next to a real engine. --no-pin to compare.
+ */
+const PIN_REQUESTED = !process.argv.includes('--no-pin');
+
+/** Pin every thread of `pid` to `cpu`; false when taskset is missing or refuses. */
+function pin(pid: number, cpu: number): boolean {
+  const r = spawnSync('taskset', ['-a', '-p', '-c', String(cpu), String(pid)], { stdio: 'ignore' });
+  return r.status === 0;
+}
 const LATENCY_N = QUICK ? 400 : 3000;
 const TTFB_N = QUICK ? 300 : 1500;
 const WARMUP_N = QUICK ? 100 : 400;
 const CONCURRENCY = 64;
-const THROUGHPUT_MS = QUICK ? 1500 : 4000;
-const ROUNDS = 2;
+const THROUGHPUT_MS = QUICK ? 750 : 2000;
+const ROUNDS = 4;
 const PACED_US_PER_TOKEN = 2000;
 const PACED_MAX_TOKENS = 64;
-const PACED_MS = QUICK ? 1500 : 3000;
+const PACED_MS = QUICK ? 750 : 1500;
 
 type Mode = 'direct' | 'gateway' | 'session';
 const MODES: Mode[] = ['direct', 'gateway', 'session'];
@@ -91,6 +105,13 @@ async function main() {
     env: { CWM_LMCACHE_URL: sim.lmcacheUrl, CWM_LOG_LEVEL: 'warn' },
     config: { autoFreeze: { enabled: false } },
   });
+  const pinned =
+    PIN_REQUESTED &&
+    process.platform === 'linux' &&
+    os.cpus().length >= 2 &&
+    d.proc.pid !== undefined &&
+    pin(process.pid, 0) &&
+    pin(d.proc.pid, 1);
   const c = await d.client();
   const gw = (await c.call('daemon.status')).gateway?.url as string;
   c.close();
@@ -218,7 +239,8 @@ async function main() {
     `targets: added p50 ${yes(met.gatewayAddedP50, met.sessionAddedP50)}; ` +
       `throughput ${yes(met.gatewayThroughput, met.sessionThroughput)} (engine 0 ms), ` +
       `${yes(met.gatewayPacedThroughput, met.sessionPacedThroughput)} (engine ${pacedLabel}); ` +
-      `load average ${os.loadavg()[0]?.toFixed(2)} on ${os.cpus().length} CPUs`,
+      `load average ${os.loadavg()[0]?.toFixed(2)} on ${os.cpus().length} CPUs; ` +
+      (pinned ? 'bench on CPU 0, daemon on CPU 1' : 'not pinned'),
   );
 
   const out = {
@@ -235,6 +257,7 @@ async function main() {
     },
     parameters: {
       quick: QUICK,
+      pinned: pinned ? 'bench process (client + simulator) on CPU 0, daemon on CPU 1 (taskset -a)' : false,
       latencySamples: LATENCY_N,
       ttfbSamples: TTFB_N,
       concurrency: CONCURRENCY,

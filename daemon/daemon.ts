@@ -233,6 +233,7 @@ export class Daemon {
     this.metrics.addCollector(async () => {
       this.metrics.windows.set(await this.reg.count('c!'));
       const byState: Record<string, number> = { active: 0, frozen: 0, thawed: 0, ended: 0 };
+      await this.sessions.settle();
       for await (const v of this.reg.sessions.values()) {
         const st = (v as { state: string }).state;
         byState[st] = (byState[st] ?? 0) + 1;

@@ -53,25 +53,47 @@ interface Lane {
   next: Exchange | null;
   folded: number;
   running: boolean;
+  /** Write-behind timer for `next`, and when the oldest exchange it stands for arrived. */
+  timer: NodeJS.Timeout | null;
+  firstAt: number;
+  /** Readers waiting for everything enqueued so far to be written. */
+  waiters: (() => void)[];
+}
+
+/** A session's turns are written once it has been quiet this long... */
+export const RECORD_QUIET_MS = 250;
+/** ...or at the latest this long after the first unwritten turn, however busy it stays. */
+export const RECORD_MAX_DELAY_MS = 1000;
+
+export interface RecorderTiming {
+  quietMs: number;
+  maxDelayMs: number;
 }
 
 /**
- * Records exchanges into their sessions after the response went out, one at a time per session, in the order
- * the responses finished. Each exchange carries the session's whole context, so when a session's turns arrive
- * faster than they can be recorded, only the newest waiting one is written (counting the turns it replaced):
- * the backlog never grows beyond one exchange per session, and the session still ends up exact.
+ * Records exchanges into their sessions after the response went out, write-behind: one at a time per session, in
+ * the order the responses finished, once the session has been quiet for a moment (bounded). Each exchange carries
+ * the session's whole context, so only the newest waiting one is written (counting the turns it replaced): a busy
+ * session costs one record (one engine /tokenize, one registry batch) per quiet period instead of one per turn, the
+ * backlog never grows beyond one exchange per session, and the session still ends up exact. Readers that must see
+ * the latest turn (session.get/list/end/record, freeze, thaw) call flush() first, so nobody reads a stale session.
+ * A daemon crash can lose the unwritten turns (at most RECORD_MAX_DELAY_MS of them); the next turn carries the whole
+ * context again and restores them.
  */
 export class Recorder {
   private readonly lanes = new Map<string, Lane>();
   private pending = 0;
-  private idleWaiters: (() => void)[] = [];
+  private readonly timing: RecorderTiming;
 
   constructor(
     private readonly sessions: SessionService,
     private readonly log: Logger,
     private readonly metrics: Metrics,
     private readonly onRecorded: (record: SessionRecord) => void = () => {},
-  ) {}
+    timing: Partial<RecorderTiming> = {},
+  ) {
+    this.timing = { quietMs: RECORD_QUIET_MS, maxDelayMs: RECORD_MAX_DELAY_MS, ...timing };
+  }
 
   /** Exchanges waiting or being written. */
   get inFlight(): number {
@@ -81,32 +103,64 @@ export class Recorder {
   enqueue(x: Exchange): void {
     let lane = this.lanes.get(x.session);
     if (!lane) {
-      lane = { next: null, folded: 0, running: false };
+      lane = { next: null, folded: 0, running: false, timer: null, firstAt: 0, waiters: [] };
       this.lanes.set(x.session, lane);
     }
     if (lane.next !== null) {
       lane.folded++;
       this.pending--;
       this.metrics.gatewayRecords.inc({ outcome: 'coalesced' });
+    } else {
+      lane.firstAt = performance.now();
     }
     lane.next = x;
     this.pending++;
-    if (!lane.running) void this.drainLane(x.session, lane);
+    // A running write reschedules what arrived meanwhile when it ends.
+    if (!lane.running) this.schedule(x.session, lane);
+  }
+
+  private schedule(session: string, lane: Lane): void {
+    const { quietMs, maxDelayMs } = this.timing;
+    if (quietMs <= 0 || lane.waiters.length > 0) {
+      void this.drainLane(session, lane);
+      return;
+    }
+    if (lane.timer !== null) {
+      // Quiet period restarts with each turn, but never past the first unwritten turn's deadline.
+      if (performance.now() + quietMs <= lane.firstAt + maxDelayMs) lane.timer.refresh();
+      return;
+    }
+    lane.timer = setTimeout(() => {
+      lane.timer = null;
+      void this.drainLane(session, lane);
+    }, quietMs);
   }
 
   private async drainLane(session: string, lane: Lane): Promise<void> {
+    if (lane.running) return;
+    if (lane.timer !== null) {
+      clearTimeout(lane.timer);
+      lane.timer = null;
+    }
     lane.running = true;
-    while (lane.next !== null) {
+    // Write the newest exchange; keep going while someone is waiting for the turns that arrived meanwhile.
+    do {
       const x = lane.next;
+      if (x === null) break;
       const turns = 1 + lane.folded;
       lane.next = null;
       lane.folded = 0;
       await this.run(x, turns);
       this.pending--;
-    }
+    } while (lane.next !== null && lane.waiters.length > 0);
     lane.running = false;
+    if (lane.next !== null) {
+      lane.firstAt = performance.now();
+      this.schedule(session, lane);
+      return;
+    }
     this.lanes.delete(session);
-    if (this.pending === 0) for (const w of this.idleWaiters.splice(0)) w();
+    for (const w of lane.waiters.splice(0)) w();
   }
 
   private async run(x: Exchange, turns: number): Promise<void> {
@@ -126,15 +180,27 @@ export class Recorder {
     }
   }
 
-  /** Wait until every queued record is written (bounded). */
+  /** Write now whatever is waiting for `session` (every session when omitted), and resolve once it is written. */
+  flush(session?: string): Promise<void> {
+    if (session === undefined) return Promise.all([...this.lanes.keys()].map((s) => this.flush(s))).then(() => {});
+    const lane = this.lanes.get(session);
+    if (!lane) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      lane.waiters.push(resolve);
+      if (!lane.running) void this.drainLane(session, lane);
+    });
+  }
+
+  /** Write everything waiting, and wait until it is written (bounded). */
   async drain(timeoutMs: number): Promise<void> {
     if (this.pending === 0) return;
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(resolve, timeoutMs);
-      this.idleWaiters.push(() => {
-        clearTimeout(t);
-        resolve();
-      });
-    });
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      this.flush(),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
   }
 }

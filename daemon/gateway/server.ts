@@ -72,6 +72,7 @@ export class Gateway {
   /** Lineage roots chosen for sessions whose first request is still in flight (created when recorded). */
   private readonly pendingLineage = new Map<string, string>();
   private readonly sessionCache = new Map<string, { record: SessionRecord; at: number }>();
+  private readonly saltCache = new Map<string, string>();
   private readonly active = new Set<ServerResponse>();
   private closing: Promise<void> | null = null;
   url = '';
@@ -91,6 +92,7 @@ export class Gateway {
       this.pendingLineage.delete(record.id);
       this.remember(record);
     });
+    deps.sessions.setPendingWrites((session) => this.recorder.flush(session));
   }
 
   /** A gateway for `listen` (refused unless it is a loopback address); call listen() to bind it. */
@@ -232,6 +234,17 @@ export class Gateway {
     this.sessionCache.set(record.id, { record, at: performance.now() });
   }
 
+  /** HMAC per lineage, computed once (it showed in profiles: one per request otherwise). */
+  private saltOf(lineageRoot: string): string {
+    let salt = this.saltCache.get(lineageRoot);
+    if (salt === undefined) {
+      salt = saltFor(this.deps.ctx, lineageRoot);
+      if (this.saltCache.size >= SESSION_CACHE_MAX) this.saltCache.clear();
+      this.saltCache.set(lineageRoot, salt);
+    }
+    return salt;
+  }
+
   /** The session's lineage root: from the registry, or chosen now for a session that does not exist yet. */
   private async lineageOf(id: string): Promise<{ record: SessionRecord | null; lineageRoot: string }> {
     const hit = this.sessionCache.get(id);
@@ -260,7 +273,7 @@ export class Gateway {
     const kind = route.kind as NonNullable<Route['kind']>;
     const raw = await readBody(req, MAX_BODY_BYTES);
     const { record, lineageRoot } = await this.lineageOf(session);
-    const salt = saltFor(ctx, lineageRoot);
+    const salt = this.saltOf(lineageRoot);
     const cfg = ctx.cfg().config;
     const rw = await rewriteRequest(raw, cfg.gateway.clientSalt, async (body) => {
       const s = record ?? { ...newSessionRecord(session, String(body.model ?? ''), kind), lineageRoot };
@@ -313,6 +326,7 @@ export class Gateway {
       this.server.closeAllConnections();
       await closed;
       await this.recorder.drain(Math.max(1000, graceMs));
+      this.deps.sessions.setPendingWrites(null);
       await this.pool.destroy().catch(() => {});
     })();
     return this.closing;

@@ -119,6 +119,8 @@ export class Monitor {
   }
 
   private async loadSessions(): Promise<SessionRecord[]> {
+    // Turns the gateway holds back are written first, so the thresholds see every session as it is now.
+    await this.deps.windows.sessions.settle();
     const out: SessionRecord[] = [];
     for await (const v of this.deps.ctx.reg.sessions.values()) out.push(v as SessionRecord);
     return out;

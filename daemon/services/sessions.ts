@@ -78,7 +78,22 @@ export function newSessionRecord(
 }
 
 export class SessionService {
+  private pendingWrites: ((session?: string) => Promise<void>) | null = null;
+
   constructor(private readonly ctx: ServiceContext) {}
+
+  /** Who holds turns not yet written (the gateway's write-behind recorder); settle() waits for them. */
+  setPendingWrites(fn: ((session?: string) => Promise<void>) | null): void {
+    this.pendingWrites = fn;
+  }
+
+  /**
+   * Write out any turns of `session` (of every session when omitted) still held back, so what is read next is
+   * current. Call it before reading or replacing a session, and never inside the registry mutex (the writes take it).
+   */
+  settle(session?: string): Promise<void> {
+    return this.pendingWrites ? this.pendingWrites(session) : Promise.resolve();
+  }
 
   async get(id: string): Promise<SessionRecord> {
     const s = await this.ctx.reg.getSession(id);
@@ -184,6 +199,7 @@ export class SessionService {
   }
 
   async end(id: string): Promise<SessionRecord> {
+    await this.settle(id);
     return this.ctx.reg.mutex.run(async () => {
       const s = await this.get(id);
       s.state = 'ended';

@@ -81,7 +81,7 @@ export class WindowService {
 
   constructor(
     private readonly ctx: ServiceContext,
-    private readonly sessions: SessionService,
+    readonly sessions: SessionService,
   ) {}
 
   async get(name: string): Promise<WindowRecord> {
@@ -133,6 +133,7 @@ export class WindowService {
 
   async freeze(input: FreezeInput, actor: AuditActor = 'rpc', extraTags: string[] = []) {
     const t0 = performance.now();
+    await this.sessions.settle(input.session);
     const session = await this.sessions.get(input.session);
     if (await this.ctx.reg.getWindow(input.name)) throw windowExists(input.name);
     const stored = (await this.ctx.reg.getSessionData(session.id)) ?? {};
@@ -317,6 +318,7 @@ export class WindowService {
     const warnings: string[] = [];
     const maxModelLen = await this.checkModel(w, warnings);
     const sessionId = input.newSession ?? defaultThawSessionId(w.name);
+    await this.sessions.settle(sessionId);
     if (await this.ctx.reg.getSession(sessionId)) {
       throw new CwmError('SESSION_EXISTS', `session "${sessionId}" already exists`, {
         hint: 'pick another --session id, or omit it to get a fresh one',

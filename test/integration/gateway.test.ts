@@ -205,6 +205,38 @@ describe('gateway: OpenAI passthrough with sessions', () => {
     assert.equal(normalize(stripped.text), normalize(plain.text), 'session, usage chunk stripped');
   });
 
+  it('reads its own writes: a turn is in the session, and in a freeze, the moment its response has ended', async () => {
+    // Turns are written behind (once the session is quiet); every reader flushes first, so no polling here.
+    const messages = [{ role: 'user' as const, content: `Remember ${words(20, 5)}` }];
+    const r1 = await openai('ryw').chat.completions.create({ model, messages, max_tokens: 6 });
+    const turn2 = [
+      ...messages,
+      r1.choices[0]?.message ?? { role: 'assistant' },
+      { role: 'user' as const, content: 'And?' },
+    ];
+    const r2 = await openai('ryw').chat.completions.create({ model, messages: turn2, max_tokens: 6 });
+    const s = await session('ryw');
+    assert.equal(s.turns, 2);
+    assert.deepEqual(s.messages?.at(-1), { role: 'assistant', content: r2.choices[0]?.message.content });
+    const listed = await c.call('session.list', {});
+    assert.equal(listed.sessions.find((x) => x.id === 'ryw')?.turns, 2);
+
+    const r3 = await openai('ryw').chat.completions.create({
+      model,
+      messages: [
+        ...turn2,
+        r2.choices[0]?.message ?? { role: 'assistant' },
+        { role: 'user' as const, content: 'More.' },
+      ],
+      max_tokens: 6,
+    });
+    const frozen = JSON.parse((await cwm(d, ['freeze', 'ryw', 'ryw-win', '--json'])).stdout) as { tokens: number };
+    const all = [...turn2, r2.choices[0]?.message, { role: 'user', content: 'More.' }, r3.choices[0]?.message];
+    const tok = (await post(`${sim.url}/tokenize`, { model, messages: all, add_generation_prompt: false })).text;
+    assert.equal(frozen.tokens, (JSON.parse(tok) as { count: number }).count, 'the freeze holds the third turn');
+    assert.equal((await session('ryw')).turns, 3);
+  });
+
   it('non-streaming responses pass through byte for byte', async () => {
     const body = { model, prompt: 'The weather today', max_tokens: 10 };
     sim.reset();

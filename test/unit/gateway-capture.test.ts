@@ -127,6 +127,87 @@ describe('gateway record input', () => {
 });
 
 describe('gateway recorder', () => {
+  const log = { warn: () => {} } as unknown as Logger;
+  const x = (n: number, session = 's'): Exchange => ({
+    session,
+    kind: 'chat',
+    request: { model: 'm', messages: [{ role: 'user', content: `turn ${n}` }] },
+    reply: () => null,
+    lineageRoot: 'r',
+    defaultModel: async () => 'm',
+  });
+  /** A session service that only notes what it was asked to record. */
+  const noting = () => {
+    const writes: { session: string; content: unknown; turns: number | undefined }[] = [];
+    const sessions = {
+      record: async (input: RecordInput) => {
+        writes.push({ session: input.session, content: input.messages?.[0]?.content, turns: input.turns });
+        return { id: input.session } as SessionRecord;
+      },
+    } as unknown as SessionService;
+    return { writes, sessions };
+  };
+
+  it('holds turns back (write-behind) and writes only the newest, counting the turns it stands for', async () => {
+    const { writes, sessions } = noting();
+    // A quiet period far longer than the test: nothing is written until someone asks.
+    const rec = new Recorder(sessions, log, new Metrics(), () => {}, { quietMs: 60_000, maxDelayMs: 120_000 });
+    for (let n = 1; n <= 5; n++) rec.enqueue(x(n));
+    rec.enqueue(x(1, 'other'));
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(writes, [], 'nothing written while the sessions are busy');
+    assert.equal(rec.inFlight, 2, 'one exchange per session waits, however many turns came');
+    await rec.flush('s');
+    assert.deepEqual(
+      writes,
+      [{ session: 's', content: 'turn 5', turns: 5 }],
+      'flush(session) writes that session only',
+    );
+    assert.equal(rec.inFlight, 1);
+    await rec.flush();
+    assert.deepEqual(writes.at(-1), { session: 'other', content: 'turn 1', turns: undefined });
+    assert.equal(rec.inFlight, 0);
+    await rec.flush('s');
+    assert.equal(writes.length, 2, 'a flush with nothing waiting writes nothing');
+  });
+
+  it('a flush during a write also waits for the turns that arrived meanwhile', async () => {
+    const writes: unknown[] = [];
+    let release: () => void = () => {};
+    const sessions = {
+      record: async (input: RecordInput) => {
+        writes.push(input.messages?.[0]?.content);
+        if (writes.length === 1) await new Promise<void>((r) => (release = r));
+        return { id: input.session } as SessionRecord;
+      },
+    } as unknown as SessionService;
+    const rec = new Recorder(sessions, log, new Metrics(), () => {}, { quietMs: 60_000, maxDelayMs: 120_000 });
+    rec.enqueue(x(1));
+    const first = rec.flush('s');
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(writes, ['turn 1'], 'the first write is under way');
+    rec.enqueue(x(2));
+    let settled = false;
+    const second = rec.flush('s').then(() => {
+      settled = true;
+    });
+    await new Promise((r) => setImmediate(r));
+    assert.equal(settled, false, 'not settled while turn 2 is unwritten');
+    release();
+    await Promise.all([first, second]);
+    assert.deepEqual(writes, ['turn 1', 'turn 2']);
+    assert.equal(rec.inFlight, 0);
+  });
+
+  it('writes on its own once the session goes quiet', async () => {
+    const { writes, sessions } = noting();
+    const rec = new Recorder(sessions, log, new Metrics(), () => {}, { quietMs: 1, maxDelayMs: 50 });
+    rec.enqueue(x(1));
+    rec.enqueue(x(2));
+    for (let i = 0; i < 500 && writes.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(writes, [{ session: 's', content: 'turn 2', turns: 2 }]);
+  });
+
   it('records a session in order, folding turns that queue up behind a slow write into the newest', async () => {
     const writes: { messages: unknown; turns: number | undefined }[] = [];
     let release: () => void = () => {};
@@ -137,16 +218,8 @@ describe('gateway recorder', () => {
         return { id: input.session } as SessionRecord;
       },
     } as unknown as SessionService;
-    const log = { warn: () => {} } as unknown as Logger;
-    const rec = new Recorder(fakeSessions, log, new Metrics());
-    const x = (n: number): Exchange => ({
-      session: 's',
-      kind: 'chat',
-      request: { model: 'm', messages: [{ role: 'user', content: `turn ${n}` }] },
-      reply: () => null,
-      lineageRoot: 'r',
-      defaultModel: async () => 'm',
-    });
+    // No quiet period: each turn is written as soon as the one before it is.
+    const rec = new Recorder(fakeSessions, log, new Metrics(), () => {}, { quietMs: 0 });
     rec.enqueue(x(1));
     await new Promise((r) => setImmediate(r));
     rec.enqueue(x(2));
