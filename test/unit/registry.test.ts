@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import path from 'node:path';
 import { describe, it } from 'node:test';
+import { pino } from 'pino';
 import { isCwmError } from '../../daemon/protocol/index.js';
 import { checkRegistry } from '../../daemon/registry/check.js';
 import { Registry, SCHEMA_VERSION } from '../../daemon/registry/db.js';
@@ -149,5 +151,39 @@ describe('registry', () => {
       Registry.open(path.join(dir, 'registry'), pino({ level: 'silent' })),
       (e: unknown) => isCwmError(e) && e.code === 'REGISTRY_CORRUPT' && /newer than this cwmd/.test(e.message),
     );
+  });
+
+  it('reuses a free-space reading only while there is plenty of room, and counts what was written since', async (t) => {
+    const dir = tempDir();
+    const reg = await Registry.open(path.join(dir, 'registry'), pino({ level: 'silent' }));
+    const MiB = 1024 * 1024;
+    let free = 8 * MiB + 256 * MiB + 10 * MiB; // reserve + margin + 10 MiB
+    let calls = 0;
+    // Below the unit: the volume's answer is made up, the registry's writes are real.
+    t.mock.method(fs.promises, 'statfs', async () => {
+      calls++;
+      return { bavail: free / 4096, bsize: 4096 } as fs.StatsFs;
+    });
+    const put = async (key: string, bytes: number) => {
+      await reg.batch([{ type: 'put', sublevel: reg.meta, key, value: 'x'.repeat(bytes) }]);
+      free -= bytes; // as the volume would see it
+    };
+    try {
+      await put('a', 4 * MiB);
+      assert.equal(calls, 1, 'the first write reads the free space');
+      await put('b', 4 * MiB);
+      assert.equal(calls, 1, 'plenty of room left: the reading is reused');
+      await put('c', 4 * MiB);
+      assert.equal(calls, 2, 'the writes since would eat into the margin: read again');
+      free = 8 * MiB + 1024; // the volume filled up meanwhile
+      await put('d', 4 * MiB).then(
+        () => assert.fail('a write into the reserve must be refused'),
+        (e: unknown) => assert.ok(isCwmError(e) && e.code === 'DISK_FULL', String(e)),
+      );
+      assert.equal(calls, 3);
+      assert.equal(await reg.meta.get('d'), undefined, 'nothing written');
+    } finally {
+      await reg.close();
+    }
   });
 });
