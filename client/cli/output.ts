@@ -1,5 +1,26 @@
 import { CwmError, isCwmError } from '../../daemon/protocol/index.js';
 
+/**
+ * Characters a terminal may act on rather than print: C0 controls (ESC starts colour, title and hyperlink
+ * sequences; CR and BS overwrite what was shown), DEL, C1 controls (U+009B is a one-character CSI on some
+ * terminals), and the bidi and line-separator characters that make text display other than it reads. Window
+ * descriptions, session messages and engine text are free text from other programs (an MCP client, the engine), so
+ * everything the CLI prints passes through here; newline and tab are kept where text may span lines.
+ */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
+const UNSAFE_MULTILINE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
+const UNSAFE_INLINE = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+/** `text` with every unsafe character shown as a \uXXXX escape (also a valid escape inside JSON strings). */
+export function safeText(text: string, multiline = true): string {
+  return text.replace(multiline ? UNSAFE_MULTILINE : UNSAFE_INLINE, (ch) => {
+    if (!multiline && ch === '\n') return '\\n';
+    if (!multiline && ch === '\t') return ' ';
+    return `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`;
+  });
+}
+
 export interface Column<T> {
   header: string;
   get: (row: T) => string | number | boolean | null | undefined;
@@ -20,10 +41,11 @@ export function table<T>(rows: T[], columns: Column<T>[]): string {
   return [line(columns.map((c) => c.header)), ...cells.map(line)].join('\n');
 }
 
+/** One table cell or key-value value: on one line, nothing a terminal would act on. */
 function fmt(v: string | number | boolean | null | undefined): string {
   if (v === null || v === undefined) return '-';
   if (typeof v === 'boolean') return v ? 'yes' : 'no';
-  return String(v);
+  return safeText(String(v), false);
 }
 
 export function kv(pairs: [string, string | number | boolean | null | undefined][]): string {
@@ -53,15 +75,17 @@ export function ago(iso: string | null): string {
 }
 
 export function out(text: string): void {
-  process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
+  const t = safeText(text);
+  process.stdout.write(t.endsWith('\n') ? t : `${t}\n`);
 }
 
+/** JSON output: JSON.stringify escapes C0 but not C1 or bidi characters; the escapes added here parse back the same. */
 export function printJson(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  process.stdout.write(`${safeText(JSON.stringify(value, null, 2))}\n`);
 }
 
 export function warn(text: string): void {
-  process.stderr.write(`warning: ${text}\n`);
+  process.stderr.write(`warning: ${safeText(text)}\n`);
 }
 
 const USAGE_CODES = new Set(['INVALID_PARAMS', 'BAD_NAME']);
@@ -71,11 +95,11 @@ export function exitWithError(err: unknown, json: boolean): never {
   const e = isCwmError(err) ? err : new CwmError('INTERNAL', err instanceof Error ? err.message : String(err));
   if (json) {
     process.stderr.write(
-      `${JSON.stringify({ error: { code: e.code, message: e.message, hint: e.hint, retryable: e.retryable, ...(e.details ? { details: e.details } : {}) } })}\n`,
+      `${safeText(JSON.stringify({ error: { code: e.code, message: e.message, hint: e.hint, retryable: e.retryable, ...(e.details ? { details: e.details } : {}) } }))}\n`,
     );
   } else {
-    process.stderr.write(`error: ${e.message}\n`);
-    if (e.hint) process.stderr.write(`hint: ${e.hint}\n`);
+    process.stderr.write(`error: ${safeText(e.message)}\n`);
+    if (e.hint) process.stderr.write(`hint: ${safeText(e.hint)}\n`);
   }
   process.exit(USAGE_CODES.has(e.code) ? 2 : 1);
 }

@@ -338,6 +338,61 @@ describe('security: a hostile engine answer', () => {
   });
 });
 
+describe('security: free text reaches the terminal inert', () => {
+  // What a hostile MCP client (or a pasted conversation) can put in free text: a title change, colour, a hyperlink,
+  // a screen clear, a carriage return that overwrites the line, a one-character C1 CSI, a right-to-left override.
+  const EVIL =
+    'ok\u001b]0;owned\u0007\u001b[31mred\u001b[0m\u001b]8;;http://x\u0007link\u001b[2J\rfake\u009b31m\u202eabc';
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
+  const UNSAFE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/;
+  let sim: Simulator;
+  let d: DaemonHandle;
+  let c: CwmClient;
+  before(async () => {
+    sim = await startSimulator({ requestLogSize: 0 });
+    d = await startDaemon({ engineUrl: sim.url, env: { CWM_AUTOFREEZE: 'false' } });
+    c = await d.client();
+    await c.call('session.record', {
+      session: 'evil',
+      model: MODEL,
+      messages: [{ role: 'user', content: `say ${EVIL}` }],
+    });
+    await c.call('window.freeze', { session: 'evil', name: 'evil-win', description: EVIL, tags: ['t'] });
+  });
+  after(async () => {
+    c?.close();
+    await d?.stop();
+    await sim?.close();
+  });
+
+  it('tables, key-value lists, messages and JSON show control characters as escapes; JSON still parses back exact', async () => {
+    for (const args of [
+      ['windows'],
+      ['windows', '--search', 'ok'],
+      ['show', 'evil-win', '--messages'],
+      ['sessions'],
+      ['session', 'show', 'evil', '--messages'],
+    ]) {
+      const r = await cwm(d, args);
+      assert.equal(r.code, 0, r.stderr);
+      assert.ok(
+        !UNSAFE.test(r.stdout),
+        `cwm ${args.join(' ')} printed a raw control character: ${JSON.stringify(r.stdout)}`,
+      );
+      if (args[0] !== 'sessions') assert.match(r.stdout, /\\u001b\]0;owned/, `cwm ${args.join(' ')} shows the escape`);
+    }
+    const json = await cwm(d, ['show', 'evil-win', '--messages', '--json']);
+    assert.ok(!UNSAFE.test(json.stdout), JSON.stringify(json.stdout));
+    const w = JSON.parse(json.stdout) as { description: string; messages: { content: string }[] };
+    assert.equal(w.description, EVIL, 'the JSON value is the exact description');
+    assert.equal(w.messages[0]?.content, `say ${EVIL}`);
+    // errors that echo user input: a name the daemon refuses
+    const bad = await cwm(d, ['show', 'no\u001b[2Jsuch']);
+    assert.notEqual(bad.code, 0);
+    assert.ok(!UNSAFE.test(bad.stderr), JSON.stringify(bad.stderr));
+  });
+});
+
 describe('security: the audit trail is bounded', () => {
   it('prunes the oldest events beyond its limit even when every event rides in a change batch', async () => {
     const dir = tempDir('cwm-audit');

@@ -15,7 +15,16 @@ export function windowTable(windows: WindowInfo[]): string {
     { header: 'TAGS', get: (w) => w.tags.join(',') || '-' },
     { header: 'PARENT', get: (w) => w.parent },
     { header: 'CREATED', get: (w) => ago(w.createdAt) },
+    { header: 'DESCRIPTION', get: (w) => clip(w.description, DESCRIPTION_WIDTH) },
   ]);
+}
+
+const DESCRIPTION_WIDTH = 40;
+
+/** The first `n` characters (whole code points), with an ellipsis when cut; `cwm show` prints it whole. */
+function clip(text: string, n: number): string {
+  const cps = [...text];
+  return cps.length <= n ? text : `${cps.slice(0, n - 1).join('')}…`;
 }
 
 function warnAll(ws: string[]): void {
