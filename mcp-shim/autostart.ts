@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import { startDaemon } from '../client/cli/commands/daemon.js';
-import { findService, type Host, LAUNCHD_LABEL, startService, usableService } from '../client/cli/commands/service.js';
+import { type Host, LAUNCHD_LABEL } from '../client/service/host.js';
+import { findService, startService, usableService } from '../client/service/manager.js';
 import type { Starter } from './link.js';
 
 /**

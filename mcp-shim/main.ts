@@ -3,7 +3,7 @@ import os from 'node:os';
 import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
 import { Command } from 'commander';
 import { pino } from 'pino';
-import { currentHost, runtimeDir } from '../client/cli/commands/service.js';
+import { currentHost, runtimeDir } from '../client/service/host.js';
 import { resolvePaths } from '../daemon/paths.js';
 import { VERSION } from '../daemon/version.js';
 import { daemonStarter } from './autostart.js';

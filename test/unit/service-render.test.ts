@@ -4,15 +4,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
-import {
-  dropSandboxBlock,
-  findService,
-  type Host,
-  planService,
-  renderTemplate,
-  systemdWord,
-  userNamespacesAvailable,
-} from '../../client/cli/commands/service.js';
+import { type Host, userNamespacesAvailable } from '../../client/service/host.js';
+import { findService } from '../../client/service/manager.js';
+import { dropSandboxBlock, planService, renderTemplate, systemdWord } from '../../client/service/render.js';
 import { ROOT, tempDir } from '../helpers/daemon.js';
 
 const dirs: string[] = [];

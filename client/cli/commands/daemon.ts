@@ -4,9 +4,10 @@ import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { CwmError, isCwmError } from '../../../daemon/protocol/index.js';
 import { CwmClient } from '../../rpc-client.js';
+import { currentHost } from '../../service/host.js';
+import { startService, stopService, usableService } from '../../service/manager.js';
 import { globals, socketOf } from '../context.js';
 import { ago, bytes, exitWithError, kv, out, printJson, warn } from '../output.js';
-import { currentHost, startService, stopService, usableService } from './service.js';
 
 const DAEMON_MAIN = fileURLToPath(new URL('../../../daemon/main.js', import.meta.url));
 
