@@ -1,4 +1,4 @@
-import { errors, Pool } from 'undici';
+import { type Dispatcher, errors, Pool } from 'undici';
 import { CwmError } from '../protocol/index.js';
 
 export interface HttpOptions {
@@ -10,6 +10,34 @@ export interface HttpOptions {
   breakerCooldownMs?: number;
   connections?: number;
   label: string;
+  /** Largest answer read (default MAX_RESPONSE_BYTES); a bigger one fails with ENGINE_ERROR. */
+  maxResponseBytes?: number;
+}
+
+/**
+ * Engine answers are read whole, so they are capped: a broken or hostile endpoint could otherwise make the daemon
+ * buffer gigabytes. 64 MiB is far above any answer cwm asks for (a 128k-token /tokenize answer is under 1 MiB).
+ */
+export const MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
+
+/** The body as text, refusing (and dropping the connection) past `max` bytes, declared or actually sent. */
+async function readCapped(res: Dispatcher.ResponseData, max: number, tooLarge: () => Error): Promise<string> {
+  const declared = Number(res.headers['content-length']);
+  if (Number.isFinite(declared) && declared > max) {
+    res.body.destroy();
+    throw tooLarge();
+  }
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of res.body) {
+    size += (chunk as Buffer).length;
+    if (size > max) {
+      res.body.destroy();
+      throw tooLarge();
+    }
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks, size).toString('utf8');
 }
 
 export interface JsonResponse<T = unknown> {
@@ -145,7 +173,9 @@ export class EngineHttp {
           headersTimeout: timeout,
           bodyTimeout: timeout,
         });
-        const text = await res.body.text();
+        const text = await readCapped(res, this.opts.maxResponseBytes ?? MAX_RESPONSE_BYTES, () =>
+          this.tooLarge(path, this.opts.maxResponseBytes ?? MAX_RESPONSE_BYTES),
+        );
         const ms = performance.now() - t0;
         let parsed: unknown = text;
         if (text !== '') {
@@ -211,6 +241,13 @@ export class EngineHttp {
       }
     }
     throw lastErr ?? new CwmError('ENGINE_UNAVAILABLE', `${this.opts.label} unavailable`);
+  }
+
+  private tooLarge(path: string, max: number): CwmError {
+    return new CwmError('ENGINE_ERROR', `${this.opts.label} answered ${path} with more than ${max} bytes; not read`, {
+      hint: 'an engine answer that size is not one cwm asked for: check engine.url points at the engine',
+      details: { maxBytes: max },
+    });
   }
 
   private noteFailure(): void {

@@ -239,3 +239,61 @@ describe('EngineHttp: the circuit breaker', () => {
     await h.close();
   });
 });
+
+describe('engine answers are size-capped', () => {
+  const engine = new Engine();
+  const MAX = 64 * 1024;
+  let http_: EngineHttp;
+  before(async () => {
+    await engine.start();
+    http_ = new EngineHttp(engine.url, { timeoutMs: 5000, retries: 0, label: 'test engine', maxResponseBytes: MAX });
+  });
+  after(async () => {
+    await http_.close();
+    await engine.close();
+  });
+  const big = (n: number) => ({ tokens: Array.from({ length: n }, (_, i) => i) });
+  const tooLarge = (e: unknown) =>
+    isCwmError(e) && e.code === 'ENGINE_ERROR' && /more than 65536 bytes/.test(e.message) && e.hint !== undefined;
+
+  it('reads an answer under the cap whole, across many chunks', async () => {
+    engine.script.push((_q, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      const text = JSON.stringify(big(8000)); // ~46 KB, sent in 1 KB pieces without a length
+      for (let i = 0; i < text.length; i += 1024) res.write(text.slice(i, i + 1024));
+      res.end();
+    });
+    const r = await http_.json<{ tokens: number[] }>('GET', '/x');
+    assert.equal(r.body.tokens.length, 8000);
+    assert.equal(r.body.tokens[7999], 7999);
+  });
+
+  it('refuses a declared length over the cap without reading it', async () => {
+    engine.script.push((_q, res) => json(res, 200, big(20_000)));
+    await assert.rejects(http_.json('GET', '/declared'), tooLarge);
+  });
+
+  it('stops reading a chunked answer once it passes the cap', async () => {
+    let written = 0;
+    engine.script.push((_q, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      // An endless answer: it only ends because the reader hangs up.
+      const piece = `${'9,'.repeat(4096)}`;
+      const pump = () => {
+        while (res.write(piece)) {
+          written += piece.length;
+          if (written > 1024 * 1024 * 1024) return res.end();
+        }
+        res.once('drain', pump);
+      };
+      res.write('{"tokens":[');
+      pump();
+    });
+    await assert.rejects(http_.json('GET', '/endless'), tooLarge);
+    // What the engine got rid of before the reader hung up: the cap plus socket buffers, nowhere near 1 GiB.
+    assert.ok(written < 128 * 1024 * 1024, `the reader hung up long before the engine stopped (${written} bytes)`);
+    // the client carries on
+    engine.script.push(ok);
+    assert.deepEqual((await http_.json('GET', '/after')).body, { ok: true });
+  });
+});
