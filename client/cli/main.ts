@@ -9,6 +9,14 @@ import { registerService } from './commands/service.js';
 import { registerSessions } from './commands/sessions.js';
 import { registerWindows } from './commands/windows.js';
 
+// `cwm windows | head`: the reader closing the pipe is the normal end of the output, not a crash.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    throw err;
+  });
+}
+
 const program = new Command('cwm')
   .description('cwm: freeze, thaw, clone and search LLM context windows with their KV cache kept alive')
   .version(VERSION)

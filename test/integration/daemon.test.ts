@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { CwmClient } from '../../client/rpc-client.js';
 import { isCwmError, PROTOCOL_VERSION } from '../../daemon/protocol/index.js';
-import { CWMD, cwm, type DaemonHandle, run, startDaemon, tempDir } from '../helpers/daemon.js';
+import { CWM, CWMD, cwm, type DaemonHandle, run, startDaemon, tempDir } from '../helpers/daemon.js';
 
 /** Send raw bytes on a fresh connection; collect every line until the daemon closes it (or timeout). */
 function raw(socket: string, payload: Buffer | string, waitMs = 3000): Promise<{ lines: unknown[]; closed: boolean }> {
@@ -197,6 +198,19 @@ describe('cwmd lifecycle and transport', () => {
     );
     const c = await d.client();
     c.close();
+  });
+
+  it('a reader that closes the pipe early (cwm status | head) ends the CLI quietly with exit 0', async () => {
+    // The read end is closed before the CLI writes anything, so every write it makes meets EPIPE.
+    const p = spawn(process.execPath, [CWM, 'status'], { env: d.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    p.stdout.destroy();
+    let stderr = '';
+    p.stderr.on('data', (b: Buffer) => {
+      stderr += b.toString();
+    });
+    const code = await new Promise<number | null>((resolve) => p.on('close', (c) => resolve(c)));
+    assert.equal(code, 0, stderr);
+    assert.doesNotMatch(stderr, /EPIPE|Unhandled/);
   });
 
   it('gives usage errors exit code 2', async () => {
