@@ -135,7 +135,8 @@ export function planService(opts: PlanOptions, host: Host, sandbox = userNamespa
       socket,
       unit: LAUNCHD_LABEL,
       files: [{ path: plistPath, content: renderTemplate(template(host, 'launchd/com.cwm.daemon.plist'), vars) }],
-      dirs: [logDir, dataDir, path.dirname(config), path.dirname(socket)],
+      // On macOS the data and config directories are the same one; each is created (and printed) once.
+      dirs: [...new Set([logDir, dataDir, path.dirname(config), path.dirname(socket)])],
       install: [
         ['launchctl', 'bootout', `${domain}/${LAUNCHD_LABEL}`],
         ['launchctl', 'enable', `${domain}/${LAUNCHD_LABEL}`],

@@ -206,6 +206,15 @@ describe('service files', () => {
     assert.equal(plist.path, path.join(host.home, 'Library/LaunchAgents/com.cwm.daemon.plist'));
     assert.doesNotMatch(plist.content, /@@/);
     assert.deepEqual(plan.install.at(-1), ['launchctl', 'bootstrap', `gui/${host.uid}`, plist.path]);
+    assert.deepEqual(
+      plan.dirs,
+      [
+        path.join(host.home, 'Library/Logs/cwm'),
+        path.join(host.home, 'Library/Application Support/cwm'),
+        `/var/folders/x/T/cwm-${host.uid}`,
+      ],
+      'each directory once (data and config share one on macOS)',
+    );
     if (!hasTool('python3')) {
       if (process.env.CI) assert.fail('python3 is missing (plistlib parses the plist): apt-get install -y python3');
       t.skip('python3 is not installed: cannot parse the plist with plistlib');
