@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { startDaemon } from '../client/cli/commands/daemon.js';
+import { startDaemon } from '../client/daemon-process.js';
 import { type Host, LAUNCHD_LABEL } from '../client/service/host.js';
 import { findService, startService, usableService } from '../client/service/manager.js';
 import type { Starter } from './link.js';

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
-import { stopDaemon } from '../../client/cli/commands/daemon.js';
+import { stopDaemon } from '../../client/daemon-process.js';
 import { CwmClient } from '../../client/rpc-client.js';
 import { TOOL_NAMES } from '../../mcp-shim/tools/index.js';
 import { conversation } from '../helpers/conversation.js';

@@ -1,11 +1,11 @@
 import { type Command, Option } from 'commander';
+import { stopDaemon } from '../../daemon-process.js';
 import { currentHost, type Host, type Scope } from '../../service/host.js';
 import { installService, uninstallService } from '../../service/install.js';
 import { serviceHint, serviceStatus } from '../../service/manager.js';
 import { planService, type ServicePlan } from '../../service/render.js';
 import { globals } from '../context.js';
 import { exitWithError, kv, out, printJson, warn } from '../output.js';
-import { stopDaemon } from './daemon.js';
 
 /** `cwm service install | uninstall | status`: options, output and errors; the work is done in client/service/. */
 
