@@ -66,6 +66,8 @@ export const ConfigSchema = z
           .default(16 * 1024 * 1024),
         shutdownGraceMs: z.number().int().min(0).default(10_000),
         logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'),
+        /** fsync every registry write: acknowledged operations then survive power loss too, at a cost per write. */
+        syncWrites: z.boolean().default(false),
       })
       .strict()
       .prefault({}),
@@ -91,6 +93,7 @@ export const ENV_MAP: Record<string, { key: string; parse: (v: string) => unknow
   CWM_AUTOFREEZE_THRESHOLD: { key: 'autoFreeze.threshold', parse: Number },
   CWM_MAX_LINE_BYTES: { key: 'daemon.maxLineBytes', parse: Number },
   CWM_LOG_LEVEL: { key: 'daemon.logLevel', parse: (v) => v },
+  CWM_SYNC_WRITES: { key: 'daemon.syncWrites', parse: bool },
 };
 
 function nullable(v: string): string | null {

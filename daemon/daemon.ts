@@ -120,6 +120,7 @@ export class Daemon {
     }
     fs.mkdirSync(paths.dataDir, { recursive: true, mode: 0o700 });
     const reg = await Registry.open(path.join(paths.dataDir, 'registry'), log.child({ component: 'registry' }));
+    reg.syncWrites = opts.config.config.daemon.syncWrites;
     let backend: EngineBackend;
     try {
       backend = createBackend(opts.config, log);
@@ -302,6 +303,7 @@ export class Daemon {
       const newlyPending = restart.filter((k) => !this.pendingRestart.includes(k));
       this.cfg = next;
       this.opts.log.level = next.config.daemon.logLevel;
+      this.reg.syncWrites = next.config.daemon.syncWrites;
       if (newlyPending.length > 0) {
         this.opts.log.warn({ keys: newlyPending }, 'config changed: these keys apply after a restart');
       }

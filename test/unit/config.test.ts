@@ -31,6 +31,22 @@ describe('config', () => {
     assert.equal(c.sources['pressure.kvHigh'], 'default');
   });
 
+  it('daemon.syncWrites: off by default, on from the file or CWM_SYNC_WRITES, and a live key', () => {
+    const dir = tempDir();
+    const file = path.join(dir, 'config.json');
+    const off = loadConfig(file, {});
+    assert.equal(off.config.daemon.syncWrites, false);
+    assert.equal(off.sources['daemon.syncWrites'], 'default');
+    const env = loadConfig(file, { CWM_SYNC_WRITES: 'yes' });
+    assert.equal(env.config.daemon.syncWrites, true);
+    assert.equal(env.sources['daemon.syncWrites'], 'env');
+    fs.writeFileSync(file, JSON.stringify({ daemon: { syncWrites: true } }));
+    const fromFile = loadConfig(file, {});
+    assert.equal(fromFile.config.daemon.syncWrites, true);
+    assert.deepEqual(restartNeeded(off.config, fromFile.config), [], 'applies without a restart');
+    assert.throws(() => loadConfig(file, { CWM_SYNC_WRITES: 'maybe' }), /daemon\.syncWrites/);
+  });
+
   it('names the bad key and where it came from', () => {
     const dir = tempDir();
     const file = path.join(dir, 'config.json');

@@ -186,4 +186,25 @@ describe('registry', () => {
       await reg.close();
     }
   });
+
+  it('passes syncWrites to LevelDB with every batch', async (t) => {
+    const reg = await Registry.open(path.join(tempDir(), 'registry'), pino({ level: 'silent' }));
+    // Below the unit: LevelDB's own batch, to see the options the registry hands it.
+    const db = (reg as unknown as { db: { batch: (ops: unknown, o: { sync?: boolean }) => Promise<void> } }).db;
+    const seen: (boolean | undefined)[] = [];
+    const real = db.batch.bind(db);
+    t.mock.method(db, 'batch', (ops: unknown, o: { sync?: boolean }) => {
+      seen.push(o.sync);
+      return real(ops, o);
+    });
+    try {
+      await reg.batch([{ type: 'put', sublevel: reg.meta, key: 'a', value: '1' }]);
+      reg.syncWrites = true;
+      await reg.batch([{ type: 'put', sublevel: reg.meta, key: 'b', value: '2' }]);
+      assert.deepEqual(seen, [false, true]);
+      assert.equal(await reg.meta.get('b'), '2');
+    } finally {
+      await reg.close();
+    }
+  });
 });
