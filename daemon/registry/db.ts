@@ -4,6 +4,7 @@ import path from 'node:path';
 import { Level } from 'level';
 import type { Logger } from 'pino';
 import { CwmError } from '../protocol/index.js';
+import { WindowSummary } from '../services/window-summary.js';
 import { packTokensBase64, unpackTokensBase64 } from './codec.js';
 import { Mutex } from './mutex.js';
 import type { SessionData, SessionRecord, WindowData, WindowRecord } from './records.js';
@@ -85,6 +86,8 @@ export class Registry {
   readonly counts: Sublevel;
   readonly audit: Sublevel;
   readonly meta: Sublevel;
+  /** What window.list filters in memory; kept in step with the windows sublevel by batch() (see there). */
+  readonly windowSummary: WindowSummary;
   private readonly countCache = new Map<string, number>();
 
   private constructor(
@@ -102,6 +105,7 @@ export class Registry {
     this.counts = json('counts');
     this.audit = json('audit');
     this.meta = json('meta');
+    this.windowSummary = new WindowSummary(this.windows);
     this.all = [
       this.sessions,
       this.sessionData,
@@ -139,6 +143,8 @@ export class Registry {
     }
     const reg = new Registry(db, location);
     await reg.migrate(log);
+    // Migrations may rewrite windows by any means; the summary is built lazily after this, but make sure of it.
+    reg.windowSummary.invalidate();
     return reg;
   }
 
@@ -166,29 +172,35 @@ export class Registry {
   }
 
   async close(): Promise<void> {
+    this.windowSummary.invalidate();
     await this.db.close();
   }
 
+  /**
+   * The one write path of the registry: services, bundle import, repair (check.ts) and the audit log all write
+   * through here (the only other write is migrate()'s `meta` put), and nothing else holds the LevelDB handle for
+   * writing. That makes it the choke point for state derived from the records in memory: the window summary is
+   * updated from these same ops once LevelDB has accepted them, so it can never show a write that failed nor miss
+   * one that succeeded. A failed batch drops the summary (it is rebuilt by the next query that needs it): after an
+   * I/O error the write's fate is only known once the log is recovered. Any new code that writes the `windows`
+   * sublevel without this method must call `windowSummary.invalidate()`.
+   */
   async batch(ops: BatchOp[]): Promise<void> {
     if (ops.length === 0) return;
     if (this.writeFailed) await this.heal();
     await this.checkSpace(ops);
     try {
       // biome-ignore lint/suspicious/noExplicitAny: level's batch generics cannot express mixed-encoding sublevels
-      await this.db.batch(ops as any, { sync: this.syncWrites });
+      await this.db.batch(ops as any, {});
     } catch (err) {
+      this.windowSummary.invalidate();
       if (!isIoError(err)) throw err;
       this.writeFailed = true;
       this.freeSeen = null;
       throw storageError(err, this.location);
     }
+    this.windowSummary.apply(ops);
   }
-
-  /**
-   * fsync each batch (config daemon.syncWrites). Off, a batch is in LevelDB's log when it returns, which a process
-   * crash cannot undo but an OS crash or power loss can; on, it is on the disk. See docs/RELIABILITY.md for the cost.
-   */
-  syncWrites = false;
 
   /** Free space kept in reserve on the registry's volume (LevelDB needs room to flush and compact); 0 = no check. */
   diskReserveBytes = DISK_RESERVE_BYTES;

@@ -4,12 +4,13 @@ import type { WindowInfo } from '../protocol/index.js';
 import { CwmError } from '../protocol/index.js';
 import { ChunkCache } from '../registry/chunk-cache.js';
 import { decodeTokens, encodeTokens, splitIntoChunks } from '../registry/codec.js';
-import type { BatchOp, IterOpts } from '../registry/db.js';
+import type { BatchOp, IterOpts, Sublevel } from '../registry/db.js';
 import type { SessionData, SessionRecord, WindowData, WindowRecord } from '../registry/records.js';
 import type { AuditActor } from './audit.js';
 import { nowIso, type ServiceContext, saltFor } from './context.js';
-import { createdKey, indexOps, modelPrefix, nameFromIndexKey } from './indexes.js';
+import { indexOps, modelPrefix, nameFromIndexKey } from './indexes.js';
 import { newSessionRecord, resolveSessionData, type SessionService } from './sessions.js';
+import { matchesSearch, type WindowSummary, type WindowSummaryEntry } from './window-summary.js';
 
 interface ChunkRef {
   n: number;
@@ -73,6 +74,93 @@ export interface FreezeInput {
   description?: string | undefined;
   tags?: string[] | undefined;
   prefill: boolean;
+}
+
+export interface ListParams {
+  tags?: string[] | undefined;
+  model?: string | undefined;
+  session?: string | undefined;
+  search?: string | undefined;
+  sort: 'created' | 'name' | 'tokens';
+  order: 'asc' | 'desc';
+  limit: number;
+  offset: number;
+}
+
+const entryOrder: Record<ListParams['sort'], (a: WindowSummaryEntry, b: WindowSummaryEntry) => number> = {
+  // Names are unique, so every order is total: created and tokens tie-break on the name.
+  created: (a, b) => (a.created < b.created ? -1 : a.created > b.created ? 1 : a.name < b.name ? -1 : 1),
+  name: (a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0),
+  tokens: (a, b) => a.tokens - b.tokens || (a.name < b.name ? -1 : 1),
+};
+
+/**
+ * window.list for any filter: every filter applies (tags all match, model, session, case-insensitive substring of
+ * the name or the description), in the requested order, and only the page's records are read from LevelDB.
+ * `total` counts every match.
+ */
+export async function listFromSummary(summary: WindowSummary, windowsDb: Sublevel, p: ListParams) {
+  const all = await summary.get();
+  const tags = p.tags ?? [];
+  const search = p.search?.toLowerCase();
+  const matched: WindowSummaryEntry[] = [];
+  // Synchronous until the page is chosen: the map is live, and no batch can apply in between.
+  for (const e of all.values()) {
+    if (p.model !== undefined && e.model !== p.model) continue;
+    if (p.session !== undefined && e.session !== p.session) continue;
+    if (tags.length > 0 && !tags.every((t) => e.tags.includes(t))) continue;
+    if (search && !matchesSearch(e, search)) continue;
+    matched.push(e);
+  }
+  const order = entryOrder[p.sort];
+  const cmp = p.order === 'desc' ? (a: WindowSummaryEntry, b: WindowSummaryEntry) => order(b, a) : order;
+  const page = smallest(matched, p.offset + p.limit, cmp)
+    .slice(p.offset)
+    .map((e) => e.key);
+  // A window deleted since the filter is left out of the page, as the index-driven reads do.
+  const windows = ((await windowsDb.getMany(page)) as (WindowRecord | undefined)[]).filter(
+    (w): w is WindowRecord => w !== undefined,
+  );
+  return { windows: windows.map(toWindowInfo), total: matched.length, limit: p.limit, offset: p.offset };
+}
+
+/**
+ * The first `k` items in `cmp` order (a total order), sorted. When the page ends well before the last match, a
+ * bounded max-heap finds them in O(n log k) instead of sorting every match (a search matching all 100k windows).
+ */
+export function smallest<T>(items: T[], k: number, cmp: (a: T, b: T) => number): T[] {
+  if (k <= 0) return [];
+  if (k * 4 >= items.length) return items.sort(cmp).slice(0, k);
+  const heap: T[] = [];
+  const swap = (i: number, j: number) => {
+    const t = heap[i] as T;
+    heap[i] = heap[j] as T;
+    heap[j] = t;
+  };
+  for (const x of items) {
+    if (heap.length < k) {
+      heap.push(x);
+      for (let i = heap.length - 1; i > 0; ) {
+        const up = (i - 1) >> 1;
+        if (cmp(heap[i] as T, heap[up] as T) <= 0) break;
+        swap(i, up);
+        i = up;
+      }
+    } else if (cmp(x, heap[0] as T) < 0) {
+      heap[0] = x;
+      for (let i = 0; ; ) {
+        const l = 2 * i + 1;
+        const r = l + 1;
+        let big = i;
+        if (l < k && cmp(heap[l] as T, heap[big] as T) > 0) big = l;
+        if (r < k && cmp(heap[r] as T, heap[big] as T) > 0) big = r;
+        if (big === i) break;
+        swap(i, big);
+        i = big;
+      }
+    }
+  }
+  return heap.sort(cmp);
 }
 
 export class WindowService {
@@ -610,19 +698,10 @@ export class WindowService {
     return { ...res, lmcacheCleared, warnings };
   }
 
-  async list(p: {
-    tags?: string[] | undefined;
-    model?: string | undefined;
-    session?: string | undefined;
-    search?: string | undefined;
-    sort: 'created' | 'name' | 'tokens';
-    order: 'asc' | 'desc';
-    limit: number;
-    offset: number;
-  }) {
+  async list(p: ListParams) {
     const reg = this.ctx.reg;
     const reverse = p.order === 'desc';
-    // Drive from the most selective index; the rest of the filters apply to the loaded records.
+    // One index answers the query when it is the only filter (and sorts the way asked): read just the page from it.
     let prefix = 'c!';
     const rest = { tags: [...(p.tags ?? [])], model: p.model, session: p.session };
     if (p.session) {
@@ -661,54 +740,16 @@ export class WindowService {
         (w): w is WindowRecord => w !== undefined,
       );
       // The counter and the page are two reads: a window added in between must not make the page exceed the total.
+      // (An empty page says nothing: an offset past the end must not raise the total to the offset.)
       return {
         windows: windows.map(toWindowInfo),
-        total: Math.max(total, p.offset + windows.length),
+        total: windows.length > 0 ? Math.max(total, p.offset + windows.length) : total,
         limit: p.limit,
         offset: p.offset,
       };
     }
-    // Slow path: load every candidate of the driving index, filter, sort in memory.
-    const search = p.search?.toLowerCase();
-    const matched: WindowRecord[] = [];
-    let batch: string[] = [];
-    const flush = async () => {
-      const ws = (await reg.windows.getMany(batch)) as (WindowRecord | undefined)[];
-      batch = [];
-      for (const w of ws) {
-        if (!w) continue;
-        if (rest.model !== undefined && w.model !== rest.model) continue;
-        if (rest.session !== undefined && w.session !== rest.session) continue;
-        if (!rest.tags.every((t) => w.tags.includes(t))) continue;
-        if (search && !w.name.toLowerCase().includes(search) && !w.description.toLowerCase().includes(search)) continue;
-        matched.push(w);
-      }
-    };
-    for await (const key of reg.idx.keys(range)) {
-      batch.push(nameFromIndexKey(key));
-      if (batch.length >= 512) await flush();
-    }
-    await flush();
-    const dir = reverse ? -1 : 1;
-    const cmp: Record<typeof p.sort, (a: WindowRecord, b: WindowRecord) => number> = {
-      created: (a, b) =>
-        createdKey(a.createdAt) < createdKey(b.createdAt)
-          ? -1
-          : createdKey(a.createdAt) > createdKey(b.createdAt)
-            ? 1
-            : a.name < b.name
-              ? -1
-              : 1,
-      name: (a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0),
-      tokens: (a, b) => a.tokens - b.tokens || (a.name < b.name ? -1 : 1),
-    };
-    matched.sort((a, b) => dir * cmp[p.sort](a, b));
-    return {
-      windows: matched.slice(p.offset, p.offset + p.limit).map(toWindowInfo),
-      total: matched.length,
-      limit: p.limit,
-      offset: p.offset,
-    };
+    // Slow path (no single index answers it): filter and sort the in-memory summary, then read only the page.
+    return listFromSummary(reg.windowSummary, reg.windows, p);
   }
 
   async lineage(w: WindowRecord) {
