@@ -191,7 +191,7 @@ export class Registry {
     await this.checkSpace(ops);
     try {
       // biome-ignore lint/suspicious/noExplicitAny: level's batch generics cannot express mixed-encoding sublevels
-      await this.db.batch(ops as any, {});
+      await this.db.batch(ops as any, { sync: this.syncWrites });
     } catch (err) {
       this.windowSummary.invalidate();
       if (!isIoError(err)) throw err;
@@ -201,6 +201,12 @@ export class Registry {
     }
     this.windowSummary.apply(ops);
   }
+
+  /**
+   * fsync each batch (config daemon.syncWrites). Off, a batch is in LevelDB's log when it returns, which a process
+   * crash cannot undo but an OS crash or power loss can; on, it is on the disk. See docs/RELIABILITY.md for the cost.
+   */
+  syncWrites = false;
 
   /** Free space kept in reserve on the registry's volume (LevelDB needs room to flush and compact); 0 = no check. */
   diskReserveBytes = DISK_RESERVE_BYTES;
