@@ -52,6 +52,9 @@ export function createBackend(cfg: LoadedConfig, log: Logger): EngineBackend {
 }
 
 /** The daemon: one registry, one engine backend, one RPC server; the only writer of the registry. */
+/** How often engine releases that could not be done (engine unreachable) are tried again. */
+const RELEASE_RETRY_MS = 60_000;
+
 export class Daemon {
   readonly startedAt = new Date();
   readonly metrics = new Metrics();
@@ -250,6 +253,16 @@ export class Daemon {
     this.monitorStatus = () => monitor.status();
     this.configListeners.push(() => monitor.rearm());
     this.onStop(() => monitor.stop());
+    // Engine state a crash or an unreachable engine left unreleased (see WindowService.release): now, then every minute.
+    let retrying: Promise<unknown> = this.windows.retryReleases().catch(() => {});
+    const releases = setInterval(() => {
+      retrying = this.windows.retryReleases().catch(() => {});
+    }, RELEASE_RETRY_MS);
+    releases.unref();
+    this.onStop(async () => {
+      clearInterval(releases);
+      await retrying;
+    });
   }
 
   /** Called after each successful config reload (the monitor re-arms its timer). */

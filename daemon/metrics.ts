@@ -16,6 +16,7 @@ export class Metrics {
   readonly underPressure: Gauge<'reason'>;
   readonly gatewayRecords: Counter<'outcome'>;
   readonly gatewayInFlight: Gauge;
+  readonly pendingReleases: Gauge;
   readonly monitorRuns: Counter<'outcome'>;
   readonly configReloads: Counter<'outcome'>;
   private collectors: (() => Promise<void>)[] = [];
@@ -89,6 +90,11 @@ export class Metrics {
     this.gatewayInFlight = new Gauge({
       name: 'cwm_gateway_in_flight',
       help: 'Gateway requests being forwarded right now',
+      registers,
+    });
+    this.pendingReleases = new Gauge({
+      name: 'cwm_pending_releases',
+      help: 'Engine state (LMCache pins, state files) of deleted windows or aborted freezes not released yet',
       registers,
     });
     this.monitorRuns = new Counter({

@@ -73,6 +73,12 @@ export interface KvReleaseInput {
   lastReference: boolean;
 }
 
+export interface KvReleaseResult {
+  cleared: number;
+  warnings: string[];
+  retry?: boolean;
+}
+
 export interface KvPinInput {
   window: WindowRecord;
   tokens: number[];
@@ -100,7 +106,11 @@ export interface EngineBackend {
   thawKv(input: KvThawInput): Promise<KvThawResult>;
   /** A clone shares the parent's KV: take another reference (an LMCache pin, a state-file refcount). */
   retainKv(input: KvPinInput): Promise<{ pinned: boolean; warnings: string[] }>;
-  releaseKv(input: KvReleaseInput): Promise<{ cleared: number; warnings: string[] }>;
+  /**
+   * Give back what freezeKv/retainKv took. `retry: true` means it could not be done now (engine unreachable, a
+   * file that would not go) and must be tried again later: the windows service keeps it in its release journal.
+   */
+  releaseKv(input: KvReleaseInput): Promise<KvReleaseResult>;
   /** Fields the gateway adds to a request body for this session (cache_salt for vLLM, id_slot for llama.cpp). */
   decorateRequest(body: Record<string, unknown>, ctx: { salt: string; session: SessionRecord }): Promise<void>;
   /** The engine slot a session is bound to right now (llama.cpp), kept on SessionRecord.slot when it records. */

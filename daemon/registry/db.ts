@@ -86,6 +86,8 @@ export class Registry {
   readonly counts: Sublevel;
   readonly audit: Sublevel;
   readonly meta: Sublevel;
+  /** Engine state (LMCache pins, state files) still to be released: see WindowService's release journal. */
+  readonly releases: Sublevel;
   /** What window.list filters in memory; kept in step with the windows sublevel by batch() (see there). */
   readonly windowSummary: WindowSummary;
   private readonly countCache = new Map<string, number>();
@@ -105,6 +107,7 @@ export class Registry {
     this.counts = json('counts');
     this.audit = json('audit');
     this.meta = json('meta');
+    this.releases = json('releases');
     this.windowSummary = new WindowSummary(this.windows);
     this.all = [
       this.sessions,
@@ -117,6 +120,7 @@ export class Registry {
       this.counts,
       this.audit,
       this.meta,
+      this.releases,
     ] as unknown as { open(): Promise<void> }[];
   }
 

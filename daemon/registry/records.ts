@@ -68,6 +68,21 @@ export interface WindowRecord {
   stateFile: StateFileRecord | null;
 }
 
+/**
+ * Engine state a window holds (or an aborted freeze took) that is not given back yet. Written before it can leak
+ * (in the delete's batch; right after freezeKv, removed by the freeze's batch) and removed once the engine confirmed
+ * the release; anything left is retried at start and every minute.
+ */
+export interface PendingRelease {
+  window: WindowRecord;
+  /** The window's token ids, packed (codec packTokensBase64): the chunks may be gone by the time it runs. */
+  tokens: string;
+  reason: 'delete' | 'freeze-aborted';
+  createdAt: string;
+  attempts: number;
+  lastError: string | null;
+}
+
 export interface WindowData {
   messages?: ChatMessage[];
   prompt?: string | number[];

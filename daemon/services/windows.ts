@@ -1,11 +1,17 @@
 import { randomBytes } from 'node:crypto';
-import type { KvThawResult } from '../backends/types.js';
+import type { KvFreezeResult, KvReleaseResult, KvThawResult } from '../backends/types.js';
 import type { WindowInfo } from '../protocol/index.js';
 import { CwmError } from '../protocol/index.js';
 import { ChunkCache } from '../registry/chunk-cache.js';
-import { decodeTokens, encodeTokens, splitIntoChunks } from '../registry/codec.js';
+import {
+  decodeTokens,
+  encodeTokens,
+  packTokensBase64,
+  splitIntoChunks,
+  unpackTokensBase64,
+} from '../registry/codec.js';
 import type { BatchOp, IterOpts, Sublevel } from '../registry/db.js';
-import type { SessionData, SessionRecord, WindowData, WindowRecord } from '../registry/records.js';
+import type { PendingRelease, SessionData, SessionRecord, WindowData, WindowRecord } from '../registry/records.js';
 import type { AuditActor } from './audit.js';
 import { nowIso, type ServiceContext, saltFor } from './context.js';
 import { indexOps, modelPrefix, nameFromIndexKey } from './indexes.js';
@@ -166,6 +172,10 @@ export function smallest<T>(items: T[], k: number, cmp: (a: T, b: T) => number):
 export class WindowService {
   /** About 8 MB: two 128k-token windows, or many small ones. */
   private readonly chunkCache = new ChunkCache(2_000_000);
+  /** Release-journal entries being released right now (never twice at once: an LMCache unpin is not idempotent). */
+  private readonly releasing = new Set<string>();
+  /** Window ids of freezes in progress: their journal entries are theirs until their batch lands or they fail. */
+  private readonly freezing = new Set<string>();
 
   constructor(
     private readonly ctx: ServiceContext,
@@ -265,13 +275,95 @@ export class WindowService {
     }
     engineMs += kv.engineMs;
     warnings.push(...kv.warnings);
+    const split = splitIntoChunks(tokens);
+    // From here until the freeze's batch lands, the engine holds state no window owns: journal it, so a failed
+    // batch (a name taken meanwhile, a full disk) or a crash cannot leave an LMCache pin or a state file behind.
+    let journal: PendingRelease | null = null;
+    if (kv.pinned || kv.stateFile !== null) {
+      const provisional: WindowRecord = {
+        name: input.name,
+        id,
+        session: session.id,
+        model: session.model,
+        fingerprint: {
+          model: session.model,
+          maxModelLen: session.maxModelLen,
+          engineKind: this.ctx.backend.kind,
+          engineVersion: null,
+        },
+        tokens: tokens.length,
+        chunkHashes: split.map((c) => c.hash),
+        bytesStored: 0,
+        description: '',
+        tags: [],
+        parent: null,
+        lineageRoot: session.lineageRoot,
+        createdAt: nowIso(),
+        pinned: kv.pinned,
+        residency: kv.residency,
+        residencyCheckedAt: null,
+        kind: session.kind,
+        stateFile: kv.stateFile,
+      };
+      journal = this.releaseEntry(provisional, tokens, 'freeze-aborted');
+      this.freezing.add(id);
+      try {
+        await this.ctx.reg.batch([this.putRelease(journal)]);
+      } catch (err) {
+        this.freezing.delete(id);
+        await this.release(journal, false);
+        throw err;
+      }
+    }
+    try {
+      return await this.commitFreeze(input, actor, extraTags, {
+        t0,
+        id,
+        session,
+        data,
+        tokens,
+        split,
+        kv,
+        engineMs,
+        warnings,
+        journaled: journal !== null,
+      });
+    } catch (err) {
+      this.freezing.delete(id);
+      if (journal) {
+        const r = await this.release(journal);
+        if (!r.done) this.ctx.log.warn({ window: input.name }, 'an aborted freeze left engine state; it is retried');
+      }
+      throw err;
+    } finally {
+      this.freezing.delete(id);
+    }
+  }
+
+  private async commitFreeze(
+    input: FreezeInput,
+    actor: AuditActor,
+    extraTags: string[],
+    f: {
+      t0: number;
+      id: string;
+      session: SessionRecord;
+      data: SessionData;
+      tokens: number[];
+      split: ReturnType<typeof splitIntoChunks>;
+      kv: KvFreezeResult;
+      engineMs: number;
+      warnings: string[];
+      journaled: boolean;
+    },
+  ) {
+    const { t0, id, session, data, tokens, split, kv, engineMs, warnings } = f;
     const fingerprint = {
       model: session.model,
       maxModelLen: session.maxModelLen,
       engineKind: this.ctx.backend.kind,
       engineVersion: await this.ctx.backend.version().catch(() => null),
     };
-    const split = splitIntoChunks(tokens);
     const tags = [...new Set([...(input.tags ?? []), ...extraTags])].sort();
     return this.ctx.reg.mutex.run(async () => {
       if (await this.ctx.reg.getWindow(input.name)) throw windowExists(input.name);
@@ -322,6 +414,8 @@ export class WindowService {
         stateFile: kv.stateFile,
       };
       ops.push({ type: 'put', sublevel: reg.windows, key: w.name, value: w });
+      // The window owns its engine state now: the journal entry goes in the same batch.
+      if (f.journaled) ops.push({ type: 'del', sublevel: reg.releases, key: id });
       const wdata: WindowData = session.kind === 'chat' ? { messages: data.messages ?? [] } : {};
       if (session.kind === 'completion' && data.prompt !== undefined) {
         wdata.prompt = typeof data.prompt === 'string' ? data.prompt + (data.completion ?? '') : tokens;
@@ -571,8 +665,88 @@ export class WindowService {
     return out;
   }
 
+  /** The longest prefix of `w` (in tokens) that another window of its salt lineage still needs in LMCache. */
+  private async keepTokensFor(w: WindowRecord): Promise<number> {
+    let keepChunks = 0;
+    for (const other of await this.lineageMembers(w.lineageRoot)) {
+      const ow = await this.ctx.reg.getWindow(other);
+      if (!ow || ow.id === w.id) continue;
+      let k = 0;
+      while (k < ow.chunkHashes.length && k < w.chunkHashes.length && ow.chunkHashes[k] === w.chunkHashes[k]) k++;
+      keepChunks = Math.max(keepChunks, k);
+    }
+    return Math.min(w.tokens, keepChunks * 256);
+  }
+
+  private releaseEntry(w: WindowRecord, tokens: number[], reason: PendingRelease['reason']): PendingRelease {
+    return { window: w, tokens: packTokensBase64(tokens), reason, createdAt: nowIso(), attempts: 0, lastError: null };
+  }
+
+  private putRelease(e: PendingRelease): BatchOp {
+    return { type: 'put', sublevel: this.ctx.reg.releases, key: e.window.id, value: e };
+  }
+
+  /**
+   * Give back what the engine holds for a journal entry. What other windows still need is worked out now, from the
+   * registry as it is (a window of the same lineage frozen since keeps its prefix). The entry goes once the engine
+   * confirmed; when it could not (unreachable, a file that would not go) it stays, with the reason, for a retry.
+   * `persisted: false` is for an entry that never reached the registry.
+   */
+  private async release(e: PendingRelease, persisted = true): Promise<KvReleaseResult & { done: boolean }> {
+    const id = e.window.id;
+    if (this.releasing.has(id)) return { cleared: 0, warnings: [], done: false };
+    this.releasing.add(id);
+    const reg = this.ctx.reg;
+    try {
+      const w = e.window;
+      let out: KvReleaseResult;
+      try {
+        out = await this.ctx.backend.releaseKv({
+          window: w,
+          tokens: unpackTokensBase64(e.tokens),
+          salt: saltFor(this.ctx, w.lineageRoot),
+          keepTokens: await this.keepTokensFor(w),
+          lastReference: w.stateFile ? (await reg.count(`sf!${w.stateFile.file}`)) <= 0 : true,
+        });
+      } catch (err) {
+        out = {
+          cleared: 0,
+          warnings: [`engine cleanup for "${w.name}" failed: ${(err as Error).message}`],
+          retry: true,
+        };
+      }
+      if (!persisted) return { ...out, done: !out.retry };
+      if (out.retry) {
+        const lastError = out.warnings.join('; ') || 'the engine did not confirm';
+        await reg.batch([this.putRelease({ ...e, attempts: e.attempts + 1, lastError })]).catch(() => {});
+        return { ...out, done: false };
+      }
+      await reg.batch([{ type: 'del', sublevel: reg.releases, key: id }]);
+      return { ...out, done: true };
+    } finally {
+      this.releasing.delete(id);
+    }
+  }
+
+  /** Release what the journal still holds (at start and every minute); returns how many went and how many wait. */
+  async retryReleases(): Promise<{ released: number; pending: number }> {
+    let released = 0;
+    let pending = 0;
+    const entries: PendingRelease[] = [];
+    for await (const v of this.ctx.reg.releases.values()) entries.push(v as PendingRelease);
+    for (const e of entries) {
+      if (this.freezing.has(e.window.id)) continue;
+      const r = await this.release(e).catch(() => ({ done: false }));
+      if (r.done) released++;
+      else pending++;
+    }
+    this.ctx.metrics.pendingReleases.set(pending);
+    if (released > 0 || pending > 0) this.ctx.log.info({ released, pending }, 'engine release journal processed');
+    return { released, pending };
+  }
+
   async delete(input: { name: string; cascade: boolean }, actor: AuditActor = 'rpc') {
-    const released: { w: WindowRecord; tokens: number[]; keepTokens: number; lastReference: boolean }[] = [];
+    const journal: PendingRelease[] = [];
     const res = await this.ctx.reg.mutex.run(async () => {
       const reg = this.ctx.reg;
       const root = await this.get(input.name);
@@ -624,24 +798,14 @@ export class WindowService {
           { type: 'del', sublevel: reg.windowData, key: w.name },
         );
         indexOps(reg, w, -1, ops, deltas);
-        let lastReference = true;
-        if (w.stateFile) {
-          bump(deltas, `sf!${w.stateFile.file}`, -1);
-          lastReference =
-            (await reg.count(`sf!${w.stateFile.file}`)) + (deltas.get(`sf!${w.stateFile.file}`) ?? 0) <= 0;
+        if (w.stateFile) bump(deltas, `sf!${w.stateFile.file}`, -1);
+        // What the engine holds for it is given back after the batch; journaled in the batch, so a crash or an
+        // unreachable engine in between only delays it (retried at start and every minute), never leaks it.
+        if (w.pinned || w.stateFile) {
+          const entry = this.releaseEntry(w, tokens, 'delete');
+          journal.push(entry);
+          ops.push(this.putRelease(entry));
         }
-        // The longest prefix another window of the same salt lineage still needs stays in LMCache.
-        let keepChunks = 0;
-        for (const other of await this.lineageMembers(w.lineageRoot)) {
-          if (doomedNames.has(other)) continue;
-          const ow = await reg.getWindow(other);
-          if (!ow) continue;
-          let k = 0;
-          while (k < ow.chunkHashes.length && k < w.chunkHashes.length && ow.chunkHashes[k] === w.chunkHashes[k]) k++;
-          keepChunks = Math.max(keepChunks, k);
-        }
-        const keepTokens = Math.min(w.tokens, keepChunks * 256);
-        released.push({ w, tokens, keepTokens, lastReference });
         ops.push(
           this.ctx.audit.op({
             action: 'window.delete',
@@ -679,20 +843,10 @@ export class WindowService {
     });
     const warnings: string[] = [];
     let lmcacheCleared = 0;
-    for (const r of released) {
-      try {
-        const out = await this.ctx.backend.releaseKv({
-          window: r.w,
-          tokens: r.tokens,
-          salt: saltFor(this.ctx, r.w.lineageRoot),
-          keepTokens: r.keepTokens,
-          lastReference: r.lastReference,
-        });
-        lmcacheCleared += out.cleared;
-        warnings.push(...out.warnings);
-      } catch (err) {
-        warnings.push(`engine cleanup for "${r.w.name}" failed: ${(err as Error).message}`);
-      }
+    for (const entry of journal) {
+      const out = await this.release(entry);
+      lmcacheCleared += out.cleared;
+      warnings.push(...out.warnings);
     }
     this.ctx.metrics.operations.inc({ op: 'delete', outcome: 'ok' }, res.deleted.length);
     return { ...res, lmcacheCleared, warnings };

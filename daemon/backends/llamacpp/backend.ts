@@ -27,6 +27,7 @@ import type {
   KvFreezeResult,
   KvPinInput,
   KvReleaseInput,
+  KvReleaseResult,
   KvThawInput,
   KvThawResult,
   ModelInfo,
@@ -643,7 +644,7 @@ export class LlamaCppBackend implements EngineBackend {
   }
 
   /** The state file goes when the last window referencing it goes. */
-  async releaseKv(input: KvReleaseInput): Promise<{ cleared: number; warnings: string[] }> {
+  async releaseKv(input: KvReleaseInput): Promise<KvReleaseResult> {
     const sf = input.window.stateFile;
     if (!sf || !input.lastReference) return { cleared: 0, warnings: [] };
     if (!this.slotDir) {
@@ -654,7 +655,11 @@ export class LlamaCppBackend implements EngineBackend {
       return { cleared: 0, warnings: [] };
     } catch (err) {
       this.log.warn({ err, file: sf.file }, 'could not delete a state file');
-      return { cleared: 0, warnings: [`could not delete state file ${sf.file}: ${(err as Error).message}`] };
+      return {
+        cleared: 0,
+        warnings: [`could not delete state file ${sf.file} yet (cwmd retries): ${(err as Error).message}`],
+        retry: true,
+      };
     }
   }
 

@@ -12,6 +12,7 @@ import type {
   KvFreezeResult,
   KvPinInput,
   KvReleaseInput,
+  KvReleaseResult,
   KvThawInput,
   KvThawResult,
   ModelInfo,
@@ -287,7 +288,7 @@ export class VllmBackend implements EngineBackend {
     }
   }
 
-  async releaseKv(input: KvReleaseInput): Promise<{ cleared: number; warnings: string[] }> {
+  async releaseKv(input: KvReleaseInput): Promise<KvReleaseResult> {
     if (!this.lmcache || !input.window.pinned) return { cleared: 0, warnings: [] };
     const warnings: string[] = [];
     let cleared = 0;
@@ -298,8 +299,9 @@ export class VllmBackend implements EngineBackend {
         for (const tier of TIERS) cleared += await this.lmcache.clear(input.tokens, input.salt, tier);
       }
     } catch (err) {
-      warnings.push(`LMCache was not cleaned up: ${(err as Error).message}`);
+      warnings.push(`LMCache was not cleaned up yet (cwmd retries): ${(err as Error).message}`);
       this.log.warn({ err, window: input.window.name }, 'lmcache release failed');
+      return { cleared, warnings, retry: true };
     }
     return { cleared, warnings };
   }
