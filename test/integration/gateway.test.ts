@@ -6,20 +6,10 @@ import OpenAI from 'openai';
 import type { CwmClient } from '../../client/rpc-client.js';
 import { SESSION_ID_RULE } from '../../daemon/protocol/index.js';
 import { cwm, type DaemonHandle, startDaemon } from '../helpers/daemon.js';
+import { waitFor } from '../helpers/wait.js';
 import { type Simulator, startSimulator } from '../sim/index.js';
 
 type Json = Record<string, unknown>;
-
-/** Poll until `fn` returns a truthy value; fail with `what` after the deadline. Never asserts on timing. */
-async function waitFor<T>(what: string, fn: () => Promise<T | null | undefined | false>, ms = 10_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 /** The engine's per-request id and timestamp are the only bytes two identical requests may differ in. */
 function normalize(body: string): string {

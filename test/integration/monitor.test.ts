@@ -3,20 +3,11 @@ import fs from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import OpenAI from 'openai';
 import { cwm, startDaemon } from '../helpers/daemon.js';
+import { waitFor } from '../helpers/wait.js';
 import { type Simulator, startSimulator } from '../sim/index.js';
 
 type Json = Record<string, unknown>;
 type Msg = { role: 'user' | 'assistant' | 'system'; content: string };
-
-async function waitFor<T>(what: string, fn: () => Promise<T | null | undefined | false>, ms = 15_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 const VOCAB = ['alpha', 'river', 'stone', 'cloud', 'ember', 'maple', 'quartz', 'harbor', 'violet', 'summit'];
 const words = (n: number, seed: number) =>

@@ -4,20 +4,10 @@ import type { CwmClient } from '../../client/rpc-client.js';
 import { isCwmError } from '../../daemon/protocol/index.js';
 import { conversation } from '../helpers/conversation.js';
 import { type DaemonHandle, startDaemon } from '../helpers/daemon.js';
+import { waitFor } from '../helpers/wait.js';
 import { type Simulator, startSimulator } from '../sim/index.js';
 
 const MODEL = 'sim/llama-3-8b-instruct';
-
-/** Poll until `fn` returns a truthy value; fail with `what` after the deadline. Never asserts on timing. */
-async function waitFor<T>(what: string, fn: () => Promise<T | null | undefined | false>, ms = 15_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /**
  * Engine state no window owns must not outlive the operation that took it: a freeze that fails after the engine
