@@ -284,6 +284,8 @@ export class Daemon {
 
   async status() {
     const reg = this.reg;
+    // Sessions the gateway has not written yet count too (a new session appears the moment its first answer ends).
+    await this.sessions.settle();
     return {
       version: VERSION,
       protocolVersion: PROTOCOL_VERSION,

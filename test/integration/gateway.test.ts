@@ -210,6 +210,10 @@ describe('gateway: OpenAI passthrough with sessions', () => {
     assert.deepEqual(s.messages?.at(-1), { role: 'assistant', content: r2.choices[0]?.message.content });
     const listed = await c.call('session.list', {});
     assert.equal(listed.sessions.find((x) => x.id === 'ryw')?.turns, 2);
+    // a brand-new session is counted the moment its first answer has ended
+    const sessionsBefore = (await c.call('daemon.status')).counts.sessions;
+    await openai('ryw-new').chat.completions.create({ model, messages, max_tokens: 2 });
+    assert.equal((await c.call('daemon.status')).counts.sessions, sessionsBefore + 1);
 
     const r3 = await openai('ryw').chat.completions.create({
       model,
