@@ -278,34 +278,35 @@ export class WindowService {
     const split = splitIntoChunks(tokens);
     // From here until the freeze's batch lands, the engine holds state no window owns: journal it, so a failed
     // batch (a name taken meanwhile, a full disk) or a crash cannot leave an LMCache pin or a state file behind.
+    // The window as it will be stored, less what the commit fills in (fingerprint, bytes, tags, times).
+    const base: WindowRecord = {
+      name: input.name,
+      id,
+      session: session.id,
+      model: session.model,
+      fingerprint: {
+        model: session.model,
+        maxModelLen: session.maxModelLen,
+        engineKind: this.ctx.backend.kind,
+        engineVersion: null,
+      },
+      tokens: tokens.length,
+      chunkHashes: split.map((c) => c.hash),
+      bytesStored: 0,
+      description: input.description ?? '',
+      tags: [],
+      parent: null,
+      lineageRoot: session.lineageRoot,
+      createdAt: nowIso(),
+      pinned: kv.pinned,
+      residency: kv.residency,
+      residencyCheckedAt: null,
+      kind: session.kind,
+      stateFile: kv.stateFile,
+    };
     let journal: PendingRelease | null = null;
     if (kv.pinned || kv.stateFile !== null) {
-      const provisional: WindowRecord = {
-        name: input.name,
-        id,
-        session: session.id,
-        model: session.model,
-        fingerprint: {
-          model: session.model,
-          maxModelLen: session.maxModelLen,
-          engineKind: this.ctx.backend.kind,
-          engineVersion: null,
-        },
-        tokens: tokens.length,
-        chunkHashes: split.map((c) => c.hash),
-        bytesStored: 0,
-        description: '',
-        tags: [],
-        parent: null,
-        lineageRoot: session.lineageRoot,
-        createdAt: nowIso(),
-        pinned: kv.pinned,
-        residency: kv.residency,
-        residencyCheckedAt: null,
-        kind: session.kind,
-        stateFile: kv.stateFile,
-      };
-      journal = this.releaseEntry(provisional, tokens, 'freeze-aborted');
+      journal = this.releaseEntry(base, tokens, 'freeze-aborted');
       this.freezing.add(id);
       try {
         await this.ctx.reg.batch([this.putRelease(journal)]);
@@ -318,7 +319,7 @@ export class WindowService {
     try {
       return await this.commitFreeze(input, actor, extraTags, {
         t0,
-        id,
+        base,
         session,
         data,
         tokens,
@@ -329,7 +330,6 @@ export class WindowService {
         journaled: journal !== null,
       });
     } catch (err) {
-      this.freezing.delete(id);
       if (journal) {
         const r = await this.release(journal);
         if (!r.done) this.ctx.log.warn({ window: input.name }, 'an aborted freeze left engine state; it is retried');
@@ -346,7 +346,7 @@ export class WindowService {
     extraTags: string[],
     f: {
       t0: number;
-      id: string;
+      base: WindowRecord;
       session: SessionRecord;
       data: SessionData;
       tokens: number[];
@@ -357,7 +357,8 @@ export class WindowService {
       journaled: boolean;
     },
   ) {
-    const { t0, id, session, data, tokens, split, kv, engineMs, warnings } = f;
+    const { t0, session, data, tokens, split, kv, engineMs, warnings } = f;
+    const id = f.base.id;
     const fingerprint = {
       model: session.model,
       maxModelLen: session.maxModelLen,
@@ -393,26 +394,7 @@ export class WindowService {
       });
       for (const [hash, ref] of seen) ops.push({ type: 'put', sublevel: reg.refs, key: hash, value: ref });
       const now = nowIso();
-      const w: WindowRecord = {
-        name: input.name,
-        id,
-        session: session.id,
-        model: session.model,
-        fingerprint,
-        tokens: tokens.length,
-        chunkHashes: split.map((c) => c.hash),
-        bytesStored,
-        description: input.description ?? '',
-        tags,
-        parent: null,
-        lineageRoot: session.lineageRoot,
-        createdAt: now,
-        pinned: kv.pinned,
-        residency: kv.residency,
-        residencyCheckedAt: now,
-        kind: session.kind,
-        stateFile: kv.stateFile,
-      };
+      const w: WindowRecord = { ...f.base, fingerprint, bytesStored, tags, createdAt: now, residencyCheckedAt: now };
       ops.push({ type: 'put', sublevel: reg.windows, key: w.name, value: w });
       // The window owns its engine state now: the journal entry goes in the same batch.
       if (f.journaled) ops.push({ type: 'del', sublevel: reg.releases, key: id });
