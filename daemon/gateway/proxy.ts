@@ -121,20 +121,22 @@ export function forward(input: ForwardInput): Promise<ForwardResult> {
         queueMicrotask(flush);
       }
     };
+    /** Everything gathered, as one buffer (null when nothing is). */
+    const take = (): Buffer | null => {
+      const buf = batch.length === 0 ? null : batch.length === 1 ? (batch[0] as Buffer) : Buffer.concat(batch);
+      batch = [];
+      return buf;
+    };
     const flush = () => {
       flushQueued = false;
-      if (clientGone) {
-        batch = [];
-        return;
-      }
-      if (batch.length === 0) {
+      const buf = take();
+      if (clientGone) return;
+      if (buf === null) {
         if (headersPending) res.flushHeaders();
         headersPending = false;
         return;
       }
       headersPending = false;
-      const buf = batch.length === 1 ? (batch[0] as Buffer) : Buffer.concat(batch);
-      batch = [];
       if (!res.write(buf) && !waitingDrain) {
         waitingDrain = true;
         controller?.pause();
@@ -185,8 +187,7 @@ export function forward(input: ForwardInput): Promise<ForwardResult> {
           const tail = stripper?.flush();
           if (tail) batch.push(tail);
           // Whatever is still gathered goes out with the end of the response, in the same write.
-          const rest = batch.length === 0 ? null : batch.length === 1 ? (batch[0] as Buffer) : Buffer.concat(batch);
-          batch = [];
+          const rest = take();
           if (rest) res.end(rest);
           else res.end();
         }
