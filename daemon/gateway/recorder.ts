@@ -155,7 +155,7 @@ export class Recorder {
     } while (lane.next !== null && lane.waiters.length > 0);
     lane.running = false;
     if (lane.next !== null) {
-      lane.firstAt = performance.now();
+      // A turn came in during the write (enqueue noted when): it waits for its own quiet period.
       this.schedule(session, lane);
       return;
     }
