@@ -173,9 +173,8 @@ export class EngineHttp {
           headersTimeout: timeout,
           bodyTimeout: timeout,
         });
-        const text = await readCapped(res, this.opts.maxResponseBytes ?? MAX_RESPONSE_BYTES, () =>
-          this.tooLarge(path, this.opts.maxResponseBytes ?? MAX_RESPONSE_BYTES),
-        );
+        const max = this.opts.maxResponseBytes ?? MAX_RESPONSE_BYTES;
+        const text = await readCapped(res, max, () => this.tooLarge(path, max));
         const ms = performance.now() - t0;
         let parsed: unknown = text;
         if (text !== '') {

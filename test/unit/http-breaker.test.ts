@@ -153,14 +153,18 @@ describe('EngineHttp: the circuit breaker', () => {
     engine.fallback = ok;
   });
 
-  it('opens after consecutive failures and then fails fast without touching the engine', async () => {
-    const h = new EngineHttp(engine.url, {
+  /** A client with `retries` retries whose breaker opens after `threshold` failures for `cooldownMs`. */
+  const breaker = (retries: number, threshold: number, cooldownMs: number) =>
+    new EngineHttp(engine.url, {
       timeoutMs: 1000,
-      retries: 1,
+      retries,
       label: 'test engine',
-      breakerThreshold: 4,
-      breakerCooldownMs: 60_000,
+      breakerThreshold: threshold,
+      breakerCooldownMs: cooldownMs,
     });
+
+  it('opens after consecutive failures and then fails fast without touching the engine', async () => {
+    const h = breaker(1, 4, 60_000);
     engine.fallback = unavailable;
     await assert.rejects(h.json('GET', '/a'));
     await assert.rejects(h.json('GET', '/a'));
@@ -181,13 +185,7 @@ describe('EngineHttp: the circuit breaker', () => {
   });
 
   it('a burst of concurrent callers stops retrying once the breaker trips', async () => {
-    const h = new EngineHttp(engine.url, {
-      timeoutMs: 1000,
-      retries: 3,
-      label: 'test engine',
-      breakerThreshold: 5,
-      breakerCooldownMs: 60_000,
-    });
+    const h = breaker(3, 5, 60_000);
     engine.fallback = unavailable;
     const results = await Promise.allSettled(Array.from({ length: 40 }, () => h.json('GET', '/burst')));
     assert.ok(results.every((r) => r.status === 'rejected'));
@@ -197,13 +195,7 @@ describe('EngineHttp: the circuit breaker', () => {
   });
 
   it('after the cooldown lets one probe through; its success closes the breaker, its failure re-opens it', async () => {
-    const h = new EngineHttp(engine.url, {
-      timeoutMs: 1000,
-      retries: 2,
-      label: 'test engine',
-      breakerThreshold: 2,
-      breakerCooldownMs: 150,
-    });
+    const h = breaker(2, 2, 150);
     engine.fallback = unavailable;
     await assert.rejects(h.json('GET', '/p'));
     assert.equal(h.breakerOpen, true);
@@ -226,13 +218,7 @@ describe('EngineHttp: the circuit breaker', () => {
   });
 
   it('a success in between resets the count: only consecutive failures open it', async () => {
-    const h = new EngineHttp(engine.url, {
-      timeoutMs: 1000,
-      retries: 0,
-      label: 'test engine',
-      breakerThreshold: 3,
-      breakerCooldownMs: 60_000,
-    });
+    const h = breaker(0, 3, 60_000);
     engine.script = [unavailable, unavailable, ok, unavailable, unavailable, ok];
     for (let i = 0; i < 6; i++) await h.json('GET', '/x').catch(() => {});
     assert.equal(h.breakerOpen, false);
